@@ -1,0 +1,35 @@
+import { resolve } from 'node:path';
+
+/** Local-stack configuration, parsed once from the environment; a bad value fails loudly. */
+export interface LocalConfig {
+  /** Use this PostgreSQL instead of the embedded one. */
+  databaseUrl: string | undefined;
+  /** Where the embedded PostgreSQL keeps its data between runs. */
+  dataDir: string;
+  /** Throw the data folder away and start empty. */
+  fresh: boolean;
+  /** The HTTP API's port. */
+  port: number;
+  /** The embedded PostgreSQL's port (loopback only). */
+  postgresPort: number;
+}
+
+export function loadLocalConfig(env: NodeJS.ProcessEnv = process.env): LocalConfig {
+  const port = tcpPort(env, 'PORT', 3000);
+  const postgresPort = tcpPort(env, 'LEDGERLINE_PG_PORT', 54329);
+  const fresh = env.FRESH === undefined ? false : env.FRESH === '1' || env.FRESH === 'true';
+  return {
+    databaseUrl: env.DATABASE_URL || undefined,
+    dataDir: resolve(env.LEDGERLINE_DATA_DIR ?? '.data/postgres'),
+    fresh,
+    port,
+    postgresPort,
+  };
+}
+
+function tcpPort(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = env[name];
+  const port = raw === undefined || raw === '' ? fallback : Number(raw);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`${name} must be a TCP port, got ${raw}`);
+  return port;
+}

@@ -1,0 +1,67 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTestDatabase, type TestDatabase } from '../support/test-db.ts';
+
+let t: TestDatabase;
+beforeAll(async () => {
+  t = await createTestDatabase();
+  // Records, at BEFORE INSERT time (defaults evaluated, heap not yet written), whether the inserting
+  // transaction already owns an xid. Without an xid-first default, a transaction's first write gets
+  // its xid only when the row reaches the heap, i.e. after the position was drawn.
+  await t.db.query(`
+    create table xid_probe (table_name text, global_position bigint, had_xid boolean)`);
+  await t.db.query(`
+    create function probe_xid() returns trigger language plpgsql as $$
+    begin
+      insert into xid_probe values (tg_table_name, new.global_position, pg_current_xact_id_if_assigned() is not null);
+      return new;
+    end $$`);
+  await t.db.query('create trigger probe before insert on events for each row execute function probe_xid()');
+  // The control: the same table shape with a plain identity column, as the design warns against.
+  await t.db.query(`
+    create table events_plain (global_position bigint generated always as identity primary key, stream_id text)`);
+  await t.db.query('create trigger probe before insert on events_plain for each row execute function probe_xid()');
+});
+afterAll(async () => t?.drop());
+
+describe('the events schema', () => {
+  // nextval() itself assigns an xid only when it writes a WAL record (about one call in 32), so
+  // each check runs many one-statement transactions.
+  it('gives a raw INSERT INTO events its xid before it draws its position', async () => {
+    for (let i = 1; i <= 64; i++) {
+      await t.db.transaction((tx) =>
+        tx.query(
+          `insert into events (stream_id, stream_position, event_id, type, data)
+           values ('raw', $1, gen_random_uuid(), 'Raw', '{}')`,
+          [i],
+        ),
+      );
+    }
+    const probes = await t.db.query<{ had_xid: boolean }>("select had_xid from xid_probe where table_name = 'events'");
+    expect(probes).toHaveLength(64);
+    expect(probes.every((p) => p.had_xid)).toBe(true);
+  });
+
+  it('shows, on a control table, that a plain identity default draws positions before the xid', async () => {
+    for (let i = 0; i < 64; i++) {
+      await t.db.transaction((tx) => tx.query("insert into events_plain (stream_id) values ('raw')"));
+    }
+    const probes = await t.db.query<{ had_xid: boolean }>("select had_xid from xid_probe where table_name = 'events_plain'");
+    expect(probes.filter((p) => !p.had_xid).length).toBeGreaterThan(32);
+  });
+
+  it('keeps the position sequence uncached', async () => {
+    const [row] = await t.db.query<{ cache_size: number }>(
+      "select cache_size from pg_sequences where sequencename = 'events_global_position_seq'",
+    );
+    expect(row?.cache_size).toBe(1);
+  });
+
+  it('refuses data that is not a JSON object even from a raw insert', async () => {
+    await expect(
+      t.db.query(
+        `insert into events (stream_id, stream_position, event_id, type, data)
+         values ('raw2', 1, gen_random_uuid(), 'Raw', '[1]')`,
+      ),
+    ).rejects.toMatchObject({ sqlState: '23514' });
+  });
+});
