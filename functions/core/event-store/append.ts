@@ -2,7 +2,9 @@ import { randomUUID } from 'node:crypto';
 import type { Tx } from '../../db/types.ts';
 import { DuplicateEventIdError, isSqlState, WrongExpectedVersionError } from '../errors.ts';
 import { jsonEqual } from '../json-equal.ts';
-import type { AppendOptions, AppendResult, NewEvent } from './types.ts';
+import { handles } from '../projections/definition.ts';
+import { applyOrSkip, lockAndReadStates } from '../projections/inline.ts';
+import type { AppendOptions, AppendResult, NewEvent, StoredEvent } from './types.ts';
 import { assertValidExpectedVersion, assertValidStreamId, validateNewEvents, type ValidatedEvent } from './validate.ts';
 
 /** Bounds on how long an append may hold locks (and so delay a rebuild's start or flip). */
@@ -14,17 +16,20 @@ export const APPEND_TIMEOUTS = {
 /**
  * Appends events to a stream inside the caller's transaction (READ COMMITTED).
  *
- * Order of the steps, and why:
+ * Order of the steps, and why (DESIGN.md 3.1):
  * 1. Transaction-local timeouts, so no append holds its locks for long.
- * 2. Lock the stream row (created at version 0 when new). This serialises appends to one stream:
+ * 2. Shared advisory locks of the inline projections these events feed, then their states in a new
+ *    statement (projections/inline.ts says why both, and why the locks are held to commit).
+ * 3. Lock the stream row (created at version 0 when new). This serialises appends to one stream:
  *    the expected-version check below compares against a version no one else can change before we
  *    commit, and a concurrent retry of the same events waits here until the original commits.
  *    The row lock also assigns the transaction its xid, before any position is drawn (the
  *    `events.global_position` default enforces that order on its own too).
- * 3. Idempotency, in a new statement after the lock (so it sees a committed original): event ids
+ * 4. Idempotency, in a new statement after the lock (so it sees a committed original): event ids
  *    already stored with the same content return the original result and write nothing.
- * 4. Expected-version check against the locked version.
- * 5. Insert the events and set the stream's version in one statement.
+ * 5. Expected-version check against the locked version.
+ * 6. Insert the events and set the stream's version in one statement.
+ * 7. Each inline projection version: live -> apply the events; rebuilding -> a skip row per event.
  */
 export async function appendToStream(
   tx: Tx,
@@ -41,6 +46,14 @@ export async function appendToStream(
     `select set_config('statement_timeout', $1, true),
             set_config('idle_in_transaction_session_timeout', $2, true)`,
     [String(APPEND_TIMEOUTS.statementTimeoutMs), String(APPEND_TIMEOUTS.idleInTransactionTimeoutMs)],
+  );
+
+  const inline = (options.projections ?? []).filter(
+    (p) => p.kind === 'inline' && validated.some((e) => handles(p, e.type)),
+  );
+  const states = await lockAndReadStates(
+    tx,
+    inline.map((p) => p.name),
   );
 
   const current = await lockStream(tx, streamId);
@@ -68,7 +81,7 @@ export async function appendToStream(
     },
   }));
 
-  let inserted: Array<{ global_position: number; stream_position: number }>;
+  let inserted: Array<{ global_position: number; stream_position: number; recorded_at: string }>;
   try {
     inserted = await tx.query(
       `with input as (
@@ -80,12 +93,14 @@ export async function appendToStream(
          select $1, $3::bigint + ord, (e->>'id')::uuid, e->>'type', e->'data', e->'metadata'
            from input
           order by ord
-         returning global_position, stream_position
+         returning global_position, stream_position, recorded_at
        ),
        upd as (
          update streams set version = $3::bigint + $4::bigint, updated_at = now() where stream_id = $1
        )
-       select global_position, stream_position from ins order by stream_position`,
+       select global_position, stream_position,
+              to_char(recorded_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as recorded_at
+         from ins order by stream_position`,
       [streamId, JSON.stringify(rows), current, rows.length],
     );
   } catch (error) {
@@ -97,6 +112,20 @@ export async function appendToStream(
       );
     }
     throw error;
+  }
+
+  if (states.length > 0) {
+    const stored: StoredEvent[] = rows.map((row, i) => ({
+      id: row.id,
+      streamId,
+      streamPosition: inserted[i]!.stream_position,
+      globalPosition: inserted[i]!.global_position,
+      type: row.type,
+      data: row.data,
+      metadata: row.metadata,
+      recordedAt: inserted[i]!.recorded_at,
+    }));
+    await applyOrSkip(tx, inline, states, stored);
   }
 
   return {

@@ -16,9 +16,14 @@ export interface StoredEventRow {
   recorded_at: string;
 }
 
-/** The columns every reader selects; `toStoredEvent` maps them. */
-export const EVENT_COLUMNS = `event_id::text, stream_id, stream_position, global_position, type, data, metadata,
-  to_char(recorded_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as recorded_at`;
+/** The columns every reader selects, optionally qualified by a table alias; `toStoredEvent` maps them. */
+export function eventColumns(alias?: string): string {
+  const c = alias ? `${alias}.` : '';
+  return `${c}event_id::text as event_id, ${c}stream_id, ${c}stream_position, ${c}global_position, ${c}type,
+  ${c}data, ${c}metadata, to_char(${c}recorded_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as recorded_at`;
+}
+
+export const EVENT_COLUMNS = eventColumns();
 
 export function toStoredEvent(row: StoredEventRow): StoredEvent {
   return {

@@ -1,4 +1,5 @@
 import type { ExpectedVersion } from '../errors.ts';
+import type { ProjectionDefinition } from '../projections/definition.ts';
 
 export type JsonObject = { [key: string]: unknown };
 
@@ -29,6 +30,11 @@ export interface AppendOptions {
   /** Stored in every event's metadata unless the event carries its own. Generated when absent. */
   correlationId?: string;
   causationId?: string;
+  /**
+   * The inline projections registered with the store. Those that handle any of these events are
+   * applied in this transaction (or get skip rows while rebuilding). Pass the same list everywhere.
+   */
+  projections?: readonly ProjectionDefinition[];
 }
 
 export interface AppendResult {

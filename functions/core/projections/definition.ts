@@ -1,0 +1,42 @@
+import type { Tx } from '../../db/types.ts';
+import type { StoredEvent } from '../event-store/types.ts';
+import { ident } from '../sql-ident.ts';
+
+export type ProjectionKind = 'inline' | 'async';
+export type ProjectionState = 'live' | 'rebuilding' | 'retired' | 'failed';
+
+/**
+ * A read model. The same batch `apply` runs inline (in the append transaction), in a rebuild's
+ * replay and in its drain, so a rebuild is set-based and fast, and nothing differs between paths.
+ *
+ * Contract for `apply`: it receives events of `eventTypes` only, in global-position order within a
+ * batch; across batches, events of one stream always arrive in stream order, but events of
+ * different streams may arrive out of position order (a drain sees a late-committing append after
+ * a later one). Each event is applied exactly once per version by the protocols; `apply` itself
+ * need not be idempotent.
+ */
+export interface ProjectionDefinition {
+  /** snake_case; also the read-model table prefix: version N lives in `<name>_v<N>`. */
+  name: string;
+  kind: ProjectionKind;
+  eventTypes: readonly string[];
+  /** Creates the version's table (if it does not exist) and its indexes. */
+  createTable(tx: Tx, table: string): Promise<void>;
+  apply(tx: Tx, table: string, events: readonly StoredEvent[]): Promise<void>;
+}
+
+export function tableFor(name: string, version: number): string {
+  const table = `${name}_v${version}`;
+  ident(table);
+  return table;
+}
+
+export function handles(definition: ProjectionDefinition, type: string): boolean {
+  return definition.eventTypes.includes(type);
+}
+
+/**
+ * The advisory-lock key of a projection, computed in SQL so that every caller (append, rebuild
+ * start, flip, cancel) derives the same bigint: `hashtextextended('projection:' || name, 0)`.
+ */
+export const LOCK_KEY_SQL = (param: string) => `hashtextextended('projection:' || ${param}, 0)`;

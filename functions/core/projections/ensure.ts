@@ -1,0 +1,55 @@
+import type { Db, Queryable } from '../../db/types.ts';
+import { LOCK_KEY_SQL, tableFor, type ProjectionDefinition } from './definition.ts';
+
+/**
+ * Registers a projection at deploy or start-up: the first time, version 1 is created `live` with an
+ * empty table, under the exclusive lock so no concurrent append can miss it. Returns `needsRebuild`
+ * when events it handles were already in the log (a projection added to an existing log): run an
+ * in-place rebuild of version 1 then. Idempotent.
+ */
+export async function ensureProjection(db: Db, definition: ProjectionDefinition): Promise<{ created: boolean; needsRebuild: boolean }> {
+  return db.transaction(async (tx) => {
+    await tx.query(`select pg_advisory_xact_lock(${LOCK_KEY_SQL('$1::text')})`, [definition.name]);
+    const existing = await tx.query('select 1 from projections where name = $1 limit 1', [definition.name]);
+    if (existing.length > 0) return { created: false, needsRebuild: false };
+    await tx.query(`insert into projections (name, version, kind, state) values ($1, 1, $2, 'live')`, [
+      definition.name,
+      definition.kind,
+    ]);
+    await definition.createTable(tx, tableFor(definition.name, 1));
+    const [seen] = await tx.query<{ any: boolean }>(
+      'select exists (select 1 from events where type in (select jsonb_array_elements_text($1::jsonb))) as any',
+      [JSON.stringify(definition.eventTypes)],
+    );
+    return { created: true, needsRebuild: seen?.any ?? false };
+  });
+}
+
+export interface ReadTarget {
+  version: number;
+  table: string;
+  /** An in-place rebuild is filling this table: documents may be missing or behind. */
+  rebuilding: boolean;
+}
+
+/**
+ * Which table a read goes to: the live version, or during an in-place rebuild the version being
+ * rebuilt (there is no live one then), flagged so the caller can say so.
+ */
+export async function resolveReadTarget(q: Queryable, name: string): Promise<ReadTarget | undefined> {
+  const [row] = await q.query<{ version: number; state: string }>(
+    `select p.version, p.state
+       from projections p
+      where p.name = $1
+        and (p.state = 'live'
+             or (p.state = 'rebuilding' and exists (
+                   select 1 from rebuilds r
+                    where r.projection = p.name and r.version = p.version and r.mode = 'in-place'
+                      and r.phase in ('starting', 'replaying', 'draining'))))
+      order by p.state = 'live' desc
+      limit 1`,
+    [name],
+  );
+  if (!row) return undefined;
+  return { version: row.version, table: tableFor(name, row.version), rebuilding: row.state !== 'live' };
+}

@@ -1,0 +1,37 @@
+import type { Tx } from '../../db/types.ts';
+import { breakages } from '../breakages.ts';
+import type { StoredEvent } from '../event-store/types.ts';
+import { tableFor, type ProjectionDefinition } from '../projections/definition.ts';
+import type { RebuildRow } from './types.ts';
+
+/**
+ * Applies a batch to the version being rebuilt and deletes the skip rows of exactly those events,
+ * by their positions, in the same transaction: the invariant "a skip row exists iff its event is
+ * committed and not yet applied" holds at every commit.
+ *
+ * Never by a range: a skip row whose append drew a lower position but committed after this batch's
+ * read is inside any range up to the last position applied, yet its event was not in the batch. A
+ * range delete would drop it unapplied (`breakages.skipDeleteByRange` restores that bug).
+ */
+export async function applyBatch(
+  tx: Tx,
+  definition: ProjectionDefinition,
+  rebuild: RebuildRow,
+  events: readonly StoredEvent[],
+): Promise<void> {
+  if (events.length === 0) return;
+  await definition.apply(tx, tableFor(definition.name, rebuild.version), events);
+  if (breakages.skipDeleteByRange) {
+    await tx.query(
+      'delete from projection_skips where projection = $1 and version = $2 and global_position <= $3',
+      [definition.name, rebuild.version, events[events.length - 1]!.globalPosition],
+    );
+    return;
+  }
+  await tx.query(
+    `delete from projection_skips
+      where projection = $1 and version = $2
+        and global_position in (select jsonb_array_elements_text($3::jsonb)::bigint)`,
+    [definition.name, rebuild.version, JSON.stringify(events.map((e) => e.globalPosition))],
+  );
+}

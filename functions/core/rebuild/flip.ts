@@ -1,0 +1,74 @@
+import type { Db } from '../../db/types.ts';
+import { breakages } from '../breakages.ts';
+import { isSqlState } from '../errors.ts';
+import { LOCK_KEY_SQL, type ProjectionDefinition } from '../projections/definition.ts';
+import { drainBatch } from './drain.ts';
+import { fence, setRebuildTimeouts } from './lease.ts';
+import type { RebuildHooks, RebuildLease, RebuildRow } from './types.ts';
+
+export interface FlipResult {
+  flipped: boolean;
+  phase: RebuildRow['phase'];
+  /** Skip rows applied inside the flip transaction. */
+  skipsDrained: number;
+}
+
+/**
+ * Flip (one transaction): the exclusive lock, the last skip rows, the version marked `live` (blue-
+ * green: the old one `retired`), the lease ended.
+ *
+ * Why it is safe: an append that read `rebuilding` holds the shared lock until it commits, so once
+ * the exclusive lock is granted all such appends have committed and their skip rows are visible to
+ * the drain statements below, which run after the lock. Appends that take the shared lock after the
+ * flip commits read `live` and apply inline. Without the lock (`breakages.flipWithoutLock`) an append
+ * can commit its skip row after the last drain: the articles' lost event.
+ *
+ * Writers wait only for this one short transaction. If the lock is not granted within
+ * `lockTimeoutMs`, the flip gives way (`flipped: false`) and the caller drains again and retries
+ * with a longer timeout (run.ts), rather than queueing every writer behind one slow append.
+ */
+export async function flipRebuild(
+  db: Db,
+  definition: ProjectionDefinition,
+  lease: RebuildLease,
+  options: { lockTimeoutMs?: number; batchSize?: number; hooks?: RebuildHooks } = {},
+): Promise<FlipResult> {
+  const batchSize = options.batchSize ?? 5_000;
+  try {
+    return await db.transaction(async (tx): Promise<FlipResult> => {
+      await setRebuildTimeouts(tx, options.lockTimeoutMs ?? 100);
+      const rebuild = await fence(tx, lease);
+      if (rebuild.phase !== 'draining') return { flipped: rebuild.phase === 'done', phase: rebuild.phase, skipsDrained: 0 };
+      if (!breakages.flipWithoutLock) {
+        await tx.query(`select pg_advisory_xact_lock(${LOCK_KEY_SQL('$1::text')})`, [definition.name]);
+      }
+      let drained = 0;
+      for (;;) {
+        const n = await drainBatch(tx, definition, rebuild, batchSize, options.hooks, 'flip');
+        drained += n;
+        if (n < batchSize) break;
+      }
+      if (rebuild.mode === 'blue-green' && rebuild.previous_version !== null) {
+        await tx.query(
+          `update projections set state = 'retired', updated_at = now() where name = $1 and version = $2 and state = 'live'`,
+          [definition.name, rebuild.previous_version],
+        );
+      }
+      await tx.query(
+        `update projections set state = 'live', checkpoint = $3, updated_at = now() where name = $1 and version = $2`,
+        [definition.name, rebuild.version, rebuild.target_position ?? 0],
+      );
+      await tx.query(
+        `update rebuilds
+            set phase = 'done', skips_drained = skips_drained + $2, finished_at = now(), updated_at = now(),
+                lease_owner = null, lease_expires_at = null
+          where rebuild_id = $1`,
+        [lease.rebuildId, drained],
+      );
+      return { flipped: true, phase: 'done', skipsDrained: drained };
+    });
+  } catch (error) {
+    if (isSqlState(error, '55P03')) return { flipped: false, phase: 'draining', skipsDrained: 0 };
+    throw error;
+  }
+}

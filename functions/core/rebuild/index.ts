@@ -1,0 +1,11 @@
+export { acquireRebuild } from './acquire.ts';
+export { cancelRebuild, recordRebuildError } from './cancel.ts';
+export { countSkips, drain } from './drain.ts';
+export * from './errors.ts';
+export { flipRebuild } from './flip.ts';
+export { getRebuildProgress, type RebuildProgress } from './progress.ts';
+export { releaseRebuild } from './release.ts';
+export { replay } from './replay.ts';
+export { runRebuild, type RunOptions } from './run.ts';
+export { startRebuild, withLockRetries } from './start.ts';
+export * from './types.ts';

@@ -1,0 +1,51 @@
+import type { Tx } from '../../db/types.ts';
+import { breakages } from '../breakages.ts';
+import { FencingTokenLostError } from './errors.ts';
+import type { RebuildLease, RebuildRow } from './types.ts';
+
+export const REBUILD_COLUMNS = `rebuild_id::text, projection, version, previous_version, mode, phase, target_position,
+  checkpoint, events_replayed, skips_drained, lease_owner, fencing_token, attempts, error,
+  to_char(started_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as started_at,
+  to_char(finished_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as finished_at`;
+
+/**
+ * The fencing check every writing step runs first, inside the transaction that writes: a
+ * conditional UPDATE of the rebuild row on (owner, fencing token) that also extends the lease. Its
+ * row lock is held to commit, which is what makes it safe:
+ *
+ * - A takeover (acquire.ts) updates the same row. If it comes while this batch is running, it waits
+ *   for our commit and then reads our checkpoint; if it committed first, this UPDATE matches no row
+ *   (the token moved) and the batch throws before writing anything.
+ * - With a plain SELECT instead, a zombie could read its still-valid token, the takeover commit and
+ *   read the old checkpoint, and then both apply the same events: the prototype applied 500-1,500
+ *   events twice. `breakages.fencingPlainSelect` restores that bug for the tests.
+ */
+export async function fence(tx: Tx, lease: RebuildLease): Promise<RebuildRow> {
+  if (breakages.fencingPlainSelect) {
+    const [row] = await tx.query<RebuildRow>(
+      `select ${REBUILD_COLUMNS} from rebuilds where rebuild_id = $1 and lease_owner = $2 and fencing_token = $3`,
+      [lease.rebuildId, lease.owner, lease.fencingToken],
+    );
+    if (!row) throw new FencingTokenLostError(lease.rebuildId);
+    return row;
+  }
+  const [row] = await tx.query<RebuildRow>(
+    `update rebuilds
+        set lease_expires_at = now() + make_interval(secs => $4::double precision / 1000), updated_at = now()
+      where rebuild_id = $1 and lease_owner = $2 and fencing_token = $3
+      returning ${REBUILD_COLUMNS}`,
+    [lease.rebuildId, lease.owner, lease.fencingToken, lease.leaseMs],
+  );
+  if (!row) throw new FencingTokenLostError(lease.rebuildId);
+  return row;
+}
+
+/** Transaction-local limits for rebuild steps: a frozen worker releases its locks within these. */
+export async function setRebuildTimeouts(tx: Tx, lockTimeoutMs?: number): Promise<void> {
+  await tx.query(
+    `select set_config('idle_in_transaction_session_timeout', $1, true),
+            set_config('statement_timeout', $2, true),
+            set_config('lock_timeout', $3, true)`,
+    ['10000', '120000', String(lockTimeoutMs ?? 0)],
+  );
+}

@@ -1,0 +1,89 @@
+import type { Db } from '../../db/types.ts';
+import { isSqlState } from '../errors.ts';
+import { LOCK_KEY_SQL, tableFor, type ProjectionDefinition } from '../projections/definition.ts';
+import { ident } from '../sql-ident.ts';
+import { fence, setRebuildTimeouts } from './lease.ts';
+import type { RebuildLease, RebuildRow } from './types.ts';
+
+export interface LockRetryOptions {
+  /** First lock_timeout; doubled after each timeout up to `maxLockTimeoutMs`. */
+  lockTimeoutMs?: number;
+  maxLockTimeoutMs?: number;
+  attempts?: number;
+  sleep?: (ms: number) => Promise<void>;
+}
+
+export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Start (one transaction): the exclusive advisory lock, then the version marked `rebuilding`, its
+ * table created (blue-green) or truncated (in-place), and the replay target recorded.
+ *
+ * Why it is safe: appends hold the shared lock of the same key from before they read the states
+ * until they commit. Once Start holds the exclusive lock, every append that decided without seeing
+ * `rebuilding` has committed, so its events are visible to the target read below (position <=
+ * target, covered by replay); every append that decides after Start commits sees `rebuilding` and
+ * writes skip rows, and its positions are drawn after the target, so replay never reaches them.
+ *
+ * Why the lock_timeout: while the exclusive request waits, new shared requests queue behind it, so
+ * waiting on one slow append would stall every writer of the projection. A short timeout gives way
+ * and retries, backing off and lengthening the timeout (up to the appends' own statement timeout).
+ * Idempotent: a rebuild already past `starting` is returned as is.
+ */
+export async function startRebuild(
+  db: Db,
+  definition: ProjectionDefinition,
+  lease: RebuildLease,
+  options: LockRetryOptions = {},
+): Promise<RebuildRow> {
+  return withLockRetries(options, (lockTimeoutMs) =>
+    db.transaction(async (tx) => {
+      await setRebuildTimeouts(tx, lockTimeoutMs);
+      const rebuild = await fence(tx, lease);
+      if (rebuild.phase !== 'starting') return rebuild;
+      await tx.query(`select pg_advisory_xact_lock(${LOCK_KEY_SQL('$1::text')})`, [definition.name]);
+
+      // New statements from here on: their snapshots see every append that held the shared lock.
+      const table = tableFor(definition.name, rebuild.version);
+      await tx.query(
+        `insert into projections (name, version, kind, state)
+         values ($1, $2, $3, 'rebuilding')
+         on conflict (name, version) do update set state = 'rebuilding', checkpoint = 0, updated_at = now()`,
+        [definition.name, rebuild.version, definition.kind],
+      );
+      await definition.createTable(tx, table);
+      await tx.query(`truncate ${ident(table)}`);
+      await tx.query('delete from projection_skips where projection = $1 and version = $2', [
+        definition.name,
+        rebuild.version,
+      ]);
+      const [row] = await tx.query<RebuildRow>(
+        `update rebuilds
+            set phase = 'replaying', checkpoint = 0, events_replayed = 0, skips_drained = 0, updated_at = now(),
+                target_position = (select coalesce(max(global_position), 0) from events)
+          where rebuild_id = $1
+          returning rebuild_id::text, phase, target_position, version, checkpoint`,
+        [lease.rebuildId],
+      );
+      return { ...rebuild, ...row! };
+    }),
+  );
+}
+
+/** Runs `attempt` with a growing lock_timeout until it does not time out on a lock. */
+export async function withLockRetries<T>(options: LockRetryOptions, attempt: (lockTimeoutMs: number) => Promise<T>): Promise<T> {
+  const maxAttempts = options.attempts ?? 20;
+  const maxTimeout = options.maxLockTimeoutMs ?? 5_000;
+  const pause = options.sleep ?? sleep;
+  let timeout = options.lockTimeoutMs ?? 100;
+  for (let i = 1; ; i++) {
+    try {
+      return await attempt(timeout);
+    } catch (error) {
+      if (!isSqlState(error, '55P03') || i >= maxAttempts) throw error;
+      // Back off with jitter, so repeated attempts do not line up with the same slow appends.
+      await pause(Math.round(timeout * (0.5 + Math.random())));
+      timeout = Math.min(timeout * 2, maxTimeout);
+    }
+  }
+}

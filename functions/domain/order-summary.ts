@@ -1,0 +1,172 @@
+import type { Queryable, Tx } from '../db/types.ts';
+import type { JsonObject, StoredEvent } from '../core/event-store/types.ts';
+import type { ProjectionDefinition } from '../core/projections/definition.ts';
+import { ident } from '../core/sql-ident.ts';
+
+/**
+ * The `order_summary` inline projection (API.md): one document per order stream `order-{orderId}`.
+ *
+ * Each section (customer, inventory, payment, shipping, loyalty, decision) keeps the observation
+ * with the newest source time `occurredAt`; ties go to the larger event id. The merge is a max over
+ * a total order, so the document depends only on the set of events, never on the order they are
+ * applied in (inline, replay, drain, or a late-arriving observation). `eventsApplied` counts events
+ * applied, so an event applied twice, or lost, shows up against the stream's length.
+ */
+export const ORDER_SECTIONS = {
+  OrderCreated: 'customer',
+  InventoryReserved: 'inventory',
+  PaymentProcessed: 'payment',
+  ShippingCalculated: 'shipping',
+  LoyaltyPointsUpdated: 'loyalty',
+  OrderConfirmed: 'decision',
+  OrderRejected: 'decision',
+} as const;
+
+export type OrderEventType = keyof typeof ORDER_SECTIONS;
+export type SectionName = (typeof ORDER_SECTIONS)[OrderEventType];
+export const OBSERVED_SECTIONS = ['customer', 'inventory', 'payment', 'shipping', 'loyalty'] as const;
+
+export interface Section {
+  /** The source's own time, normalised to ISO-8601 UTC with milliseconds (sorts as text). */
+  at: string;
+  eventId: string;
+  type: string;
+  data: JsonObject;
+}
+
+export interface OrderSummaryRow {
+  order_id: string;
+  sections: Partial<Record<SectionName, Section>>;
+  events_applied: number;
+  last_global_position: number;
+}
+
+export function orderIdOf(streamId: string): string | undefined {
+  return streamId.startsWith('order-') && streamId.length > 6 ? streamId.slice(6) : undefined;
+}
+
+export function sectionOf(event: StoredEvent): [SectionName, Section] | undefined {
+  const name = ORDER_SECTIONS[event.type as OrderEventType];
+  if (!name) return undefined;
+  const { orderId: _orderId, occurredAt, ...data } = event.data;
+  return [name, { at: normaliseTime(occurredAt) ?? normaliseTime(event.recordedAt) ?? '', eventId: event.id, type: event.type, data }];
+}
+
+/** Newest `at` wins; ties go to the larger event id. */
+export function newer(a: Section | undefined, b: Section | undefined): Section | undefined {
+  if (!a) return b;
+  if (!b) return a;
+  if (a.at !== b.at) return a.at > b.at ? a : b;
+  return a.eventId >= b.eventId ? a : b;
+}
+
+function normaliseTime(value: unknown): string | undefined {
+  if (typeof value !== 'string') return undefined;
+  const ms = Date.parse(value);
+  return Number.isNaN(ms) ? undefined : new Date(ms).toISOString();
+}
+
+export const orderSummary: ProjectionDefinition = {
+  name: 'order_summary',
+  kind: 'inline',
+  eventTypes: Object.keys(ORDER_SECTIONS),
+
+  async createTable(tx: Tx, table: string) {
+    await tx.query(
+      `create table if not exists ${ident(table)} (
+         order_id             text primary key,
+         sections             jsonb       not null default '{}'::jsonb,
+         events_applied       integer     not null default 0,
+         last_global_position bigint      not null default 0,
+         updated_at           timestamptz not null default now()
+       )`,
+    );
+  },
+
+  /**
+   * Set-based: the batch is folded per order in memory (an upsert cannot touch one row twice), then
+   * one statement merges every order's partial document into its row, section by section.
+   */
+  async apply(tx: Tx, table: string, events: readonly StoredEvent[]) {
+    const partials = new Map<string, { orderId: string; sections: Record<string, Section>; count: number; last: number }>();
+    for (const event of events) {
+      const orderId = orderIdOf(event.streamId);
+      const section = sectionOf(event);
+      if (!orderId || !section) continue;
+      let p = partials.get(orderId);
+      if (!p) partials.set(orderId, (p = { orderId, sections: {}, count: 0, last: 0 }));
+      const [name, value] = section;
+      p.sections[name] = newer(p.sections[name], value)!;
+      p.count += 1;
+      p.last = Math.max(p.last, event.globalPosition);
+    }
+    if (partials.size === 0) return;
+    const t = ident(table);
+    await tx.query(
+      `insert into ${t} as cur (order_id, sections, events_applied, last_global_position)
+       select d->>'orderId', d->'sections', (d->>'count')::int, (d->>'last')::bigint
+         from jsonb_array_elements($1::jsonb) as d
+       on conflict (order_id) do update set
+         sections = (
+           select jsonb_object_agg(k,
+                    case
+                      when cur.sections->k is null then excluded.sections->k
+                      when excluded.sections->k is null then cur.sections->k
+                      -- byte order ("C"), as in JS, whatever the database's collation
+                      when (excluded.sections->k->>'at' collate "C", excluded.sections->k->>'eventId' collate "C")
+                         > (cur.sections->k->>'at' collate "C", cur.sections->k->>'eventId' collate "C")
+                        then excluded.sections->k
+                      else cur.sections->k
+                    end)
+             from jsonb_object_keys(cur.sections || excluded.sections) as k),
+         events_applied = cur.events_applied + excluded.events_applied,
+         last_global_position = greatest(cur.last_global_position, excluded.last_global_position),
+         updated_at = now()`,
+      [JSON.stringify([...partials.values()])],
+    );
+  },
+};
+
+export interface OrderSummaryDocument {
+  orderId: string;
+  status: 'pending' | 'confirmed' | 'rejected';
+  customer: JsonObject | null;
+  payment: JsonObject | null;
+  inventory: JsonObject | null;
+  shipping: JsonObject | null;
+  loyalty: JsonObject | null;
+  completeness: { received: string[]; missing: string[]; complete: boolean };
+  decision: { type: string; at: string; data: JsonObject } | null;
+  eventsApplied: number;
+  lastGlobalPosition: number;
+}
+
+export function toOrderSummaryDocument(row: OrderSummaryRow): OrderSummaryDocument {
+  const s = row.sections;
+  const data = (name: SectionName) => (s[name] ? { ...s[name].data, occurredAt: s[name].at } : null);
+  const received = OBSERVED_SECTIONS.filter((name) => s[name]);
+  const decision = s.decision;
+  return {
+    orderId: row.order_id,
+    status: decision?.type === 'OrderConfirmed' ? 'confirmed' : decision?.type === 'OrderRejected' ? 'rejected' : 'pending',
+    customer: data('customer'),
+    payment: data('payment'),
+    inventory: data('inventory'),
+    shipping: data('shipping'),
+    loyalty: data('loyalty'),
+    completeness: {
+      received: [...received],
+      missing: OBSERVED_SECTIONS.filter((name) => !s[name]),
+      complete: received.length === OBSERVED_SECTIONS.length,
+    },
+    decision: decision ? { type: decision.type, at: decision.at, data: decision.data } : null,
+    eventsApplied: row.events_applied,
+    lastGlobalPosition: row.last_global_position,
+  };
+}
+
+export async function readOrderSummaryRows(q: Queryable, table: string): Promise<OrderSummaryRow[]> {
+  return q.query<OrderSummaryRow>(
+    `select order_id, sections, events_applied, last_global_position from ${ident(table)} order by order_id`,
+  );
+}

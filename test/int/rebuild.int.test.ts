@@ -1,0 +1,261 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { resetBreakages, breakages } from '../../functions/core/breakages.ts';
+import { appendToStream } from '../../functions/core/event-store/index.ts';
+import type { NewEvent } from '../../functions/core/event-store/types.ts';
+import { tableFor } from '../../functions/core/projections/definition.ts';
+import { ensureProjection, resolveReadTarget } from '../../functions/core/projections/ensure.ts';
+import {
+  acquireRebuild,
+  cancelRebuild,
+  drain,
+  flipRebuild,
+  getRebuildProgress,
+  replay,
+  runRebuild,
+  startRebuild,
+  FencingTokenLostError,
+} from '../../functions/core/rebuild/index.ts';
+import type { Db } from '../../functions/db/types.ts';
+import { orderSummary, readOrderSummaryRows } from '../../functions/domain/order-summary.ts';
+import { diffOrderSummary, expectReadModelMatchesLog, prng, randomOrderEvent } from '../support/orders.ts';
+import { createTestDatabase, type TestDatabase } from '../support/test-db.ts';
+
+let t: TestDatabase;
+let db: Db;
+const projections = [orderSummary];
+const random = prng(42);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+beforeAll(async () => {
+  t = await createTestDatabase({ max: 30 });
+  db = t.db;
+  await ensureProjection(db, orderSummary);
+});
+afterAll(async () => t?.drop());
+afterEach(() => resetBreakages());
+
+function appendOrder(orderId: string, events: NewEvent[]) {
+  return db.transaction((tx) => appendToStream(tx, `order-${orderId}`, events, { projections }));
+}
+
+async function seed(orders: number, perOrder: number): Promise<string[]> {
+  const ids = Array.from({ length: orders }, () => randomUUID().slice(0, 8));
+  for (const id of ids) await appendOrder(id, Array.from({ length: perOrder }, () => randomOrderEvent(random, id)));
+  return ids;
+}
+
+async function liveTable(): Promise<string> {
+  const target = await resolveReadTarget(db, 'order_summary');
+  expect(target?.rebuilding).toBe(false);
+  return target!.table;
+}
+
+describe('inline projection', () => {
+  it('applies appended events in the append transaction', async () => {
+    const [id] = await seed(1, 3);
+    const rows = await readOrderSummaryRows(db, await liveTable());
+    expect(rows.find((r) => r.order_id === id)?.events_applied).toBe(3);
+    await expectReadModelMatchesLog(db, await liveTable());
+  });
+
+  it('applies nothing when the append rolls back', async () => {
+    const id = randomUUID().slice(0, 8);
+    await expect(
+      db.transaction(async (tx) => {
+        await appendToStream(tx, `order-${id}`, [randomOrderEvent(random, id)], { projections });
+        throw new Error('changed my mind');
+      }),
+    ).rejects.toThrow('changed my mind');
+    const rows = await readOrderSummaryRows(db, await liveTable());
+    expect(rows.find((r) => r.order_id === id)).toBeUndefined();
+  });
+});
+
+describe('rebuild', () => {
+  it('rebuilds blue-green into a new version, keeps the old one readable until the flip, and drops it after', async () => {
+    await seed(20, 4);
+    const before = await liveTable();
+    const { lease, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'w1', mode: 'blue-green' });
+    await startRebuild(db, orderSummary, lease);
+    expect(await liveTable()).toBe(before);
+    const replayed = await replay(db, orderSummary, lease, { batchSize: 7 });
+    expect(replayed.done).toBe(true);
+    const progress = await getRebuildProgress(db, 'order_summary', lease.rebuildId);
+    expect(progress).toMatchObject({ phase: 'draining', version: rebuild.version, mode: 'blue-green' });
+    expect(progress.replayed).toBe(progress.total);
+    expect(await liveTable()).toBe(before);
+    await drain(db, orderSummary, lease);
+    expect((await flipRebuild(db, orderSummary, lease)).flipped).toBe(true);
+    expect(await liveTable()).toBe(tableFor('order_summary', rebuild.version));
+    await expectReadModelMatchesLog(db, await liveTable());
+  });
+
+  it('rebuilds in place, and reads during the rebuild say so', async () => {
+    await seed(5, 3);
+    const { lease, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'w1', mode: 'in-place' });
+    const live = await liveTable();
+    expect(tableFor('order_summary', rebuild.version)).toBe(live);
+    await startRebuild(db, orderSummary, lease);
+    expect(await resolveReadTarget(db, 'order_summary')).toMatchObject({ table: live, rebuilding: true });
+    await replay(db, orderSummary, lease);
+    await drain(db, orderSummary, lease);
+    await flipRebuild(db, orderSummary, lease);
+    expect(await liveTable()).toBe(live);
+    await expectReadModelMatchesLog(db, live);
+  });
+
+  it('refuses a second rebuild of the same projection, and lets an expired lease be taken over', async () => {
+    const first = await acquireRebuild(db, orderSummary, { owner: 'w1', leaseMs: 300 });
+    await expect(acquireRebuild(db, orderSummary, { owner: 'w2' })).rejects.toMatchObject({ code: 'REBUILD_IN_PROGRESS' });
+    const concurrent = await Promise.allSettled([acquireRebuild(db, orderSummary, { owner: 'w3' }), acquireRebuild(db, orderSummary, { owner: 'w4' })]);
+    expect(concurrent.every((c) => c.status === 'rejected')).toBe(true);
+    await sleep(400);
+    const second = await acquireRebuild(db, orderSummary, { owner: 'w2' });
+    expect(second.resumed).toBe(true);
+    expect(second.lease.rebuildId).toBe(first.lease.rebuildId);
+    expect(second.lease.fencingToken).toBe(first.lease.fencingToken + 1);
+    await expect(startRebuild(db, orderSummary, first.lease)).rejects.toBeInstanceOf(FencingTokenLostError);
+    // The new holder finishes it.
+    await startRebuild(db, orderSummary, second.lease);
+    await replay(db, orderSummary, second.lease);
+    await drain(db, orderSummary, second.lease);
+    expect((await flipRebuild(db, orderSummary, second.lease)).flipped).toBe(true);
+    await expectReadModelMatchesLog(db, await liveTable());
+  });
+
+  it('resumes a crashed rebuild from its checkpoint instead of starting over', async () => {
+    await seed(30, 3);
+    const first = await acquireRebuild(db, orderSummary, { owner: 'crashy', leaseMs: 200 });
+    await startRebuild(db, orderSummary, first.lease);
+    const partial = await replay(db, orderSummary, first.lease, { batchSize: 10, maxBatches: 3 });
+    expect(partial.done).toBe(false);
+    expect(partial.eventsReplayed).toBe(30);
+    // The worker dies here. Another takes over after the lease expires.
+    await sleep(300);
+    const second = await acquireRebuild(db, orderSummary, { owner: 'rescuer' });
+    expect(second.resumed).toBe(true);
+    expect(second.rebuild.checkpoint).toBe(partial.checkpoint);
+    const rest = await replay(db, orderSummary, second.lease, { batchSize: 10 });
+    expect(rest.done).toBe(true);
+    const progress = await getRebuildProgress(db, 'order_summary', second.lease.rebuildId);
+    await drain(db, orderSummary, second.lease);
+    await flipRebuild(db, orderSummary, second.lease);
+    await expectReadModelMatchesLog(db, await liveTable());
+    // Nothing was replayed twice: the count equals the events of the projection's types up to the target.
+    const [{ n } = { n: -1 }] = await db.query<{ n: number }>(
+      `select count(*)::bigint as n from events where global_position <= $1 and type in (select jsonb_array_elements_text($2::jsonb))`,
+      [progress.total, JSON.stringify(orderSummary.eventTypes)],
+    );
+    expect(progress.eventsReplayed).toBe(n);
+  });
+
+  it('cancels an abandoned blue-green rebuild and leaves the live version untouched', async () => {
+    const live = await liveTable();
+    const { lease, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'w1' });
+    await startRebuild(db, orderSummary, lease);
+    const [id] = await seed(1, 2); // writes skip rows for the new version
+    expect((await getRebuildProgress(db, 'order_summary', lease.rebuildId)).skipsPending).toBe(2);
+    const cancelled = await cancelRebuild(db, orderSummary, lease.rebuildId);
+    expect(cancelled.phase).toBe('cancelled');
+    expect(await liveTable()).toBe(live);
+    expect(await db.query('select 1 from projection_skips where version = $1', [rebuild.version])).toEqual([]);
+    await expect(replay(db, orderSummary, lease)).rejects.toBeInstanceOf(FencingTokenLostError);
+    await seed(1, 1);
+    expect(await db.query('select 1 from projection_skips')).toEqual([]);
+    await expectReadModelMatchesLog(db, live);
+    expect(id).toBeDefined();
+  });
+
+  it('refuses to cancel an in-place rebuild once its table was truncated', async () => {
+    const { lease } = await acquireRebuild(db, orderSummary, { owner: 'w1', mode: 'in-place' });
+    await startRebuild(db, orderSummary, lease);
+    await expect(cancelRebuild(db, orderSummary, lease.rebuildId)).rejects.toMatchObject({ code: 'REBUILD_NOT_CANCELLABLE' });
+    await replay(db, orderSummary, lease);
+    await drain(db, orderSummary, lease);
+    await flipRebuild(db, orderSummary, lease);
+    await expectReadModelMatchesLog(db, await liveTable());
+  });
+});
+
+describe('flip and in-flight appends', () => {
+  async function rebuildUpToFlip() {
+    const { lease, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'w1' });
+    await startRebuild(db, orderSummary, lease);
+    await replay(db, orderSummary, lease);
+    await drain(db, orderSummary, lease);
+    return { lease, rebuild };
+  }
+
+  /** An append that has decided (read `rebuilding`, written its skip row) and is held open before commit. */
+  function heldAppend(orderId: string) {
+    let release!: () => void;
+    let decided!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const hasDecided = new Promise<void>((r) => (decided = r));
+    let committedAt = 0;
+    const done = db
+      .transaction(async (tx) => {
+        const result = await appendToStream(tx, `order-${orderId}`, [randomOrderEvent(random, orderId)], { projections });
+        decided();
+        await gate;
+        return result;
+      })
+      .then((r) => {
+        committedAt = performance.now();
+        return r;
+      });
+    return { release, hasDecided, done, committedAt: () => committedAt };
+  }
+
+  it('waits for an in-flight append that decided to skip, and the event is in the read model afterwards', async () => {
+    const { lease, rebuild } = await rebuildUpToFlip();
+    const orderId = randomUUID().slice(0, 8);
+    const append = heldAppend(orderId);
+    await append.hasDecided;
+    setTimeout(append.release, 300);
+    const flip = await flipRebuild(db, orderSummary, lease, { lockTimeoutMs: 5_000 });
+    const flippedAt = performance.now();
+    expect(flip.flipped).toBe(true);
+    await append.done;
+    expect(append.committedAt()).toBeLessThanOrEqual(flippedAt);
+    const table = tableFor('order_summary', rebuild.version);
+    expect(await liveTable()).toBe(table);
+    const rows = await readOrderSummaryRows(db, table);
+    expect(rows.find((r) => r.order_id === orderId)?.events_applied).toBe(1);
+    expect(await db.query('select 1 from projection_skips where version = $1', [rebuild.version])).toEqual([]);
+    await expectReadModelMatchesLog(db, table);
+  });
+
+  it('gives way when an append holds the lock past the flip lock timeout, and succeeds on a later try', async () => {
+    const { lease } = await rebuildUpToFlip();
+    const append = heldAppend(randomUUID().slice(0, 8));
+    await append.hasDecided;
+    const started = performance.now();
+    const first = await flipRebuild(db, orderSummary, lease, { lockTimeoutMs: 100 });
+    expect(first.flipped).toBe(false);
+    expect(performance.now() - started).toBeLessThan(2_000);
+    append.release();
+    await append.done;
+    await drain(db, orderSummary, lease);
+    expect((await flipRebuild(db, orderSummary, lease, { lockTimeoutMs: 100 })).flipped).toBe(true);
+    await expectReadModelMatchesLog(db, await liveTable());
+  });
+
+  it('loses the held append\'s event when the flip takes no lock (the deliberate breakage)', async () => {
+    breakages.flipWithoutLock = true;
+    const { lease, rebuild } = await rebuildUpToFlip();
+    const orderId = randomUUID().slice(0, 8);
+    const append = heldAppend(orderId);
+    await append.hasDecided;
+    expect((await flipRebuild(db, orderSummary, lease, { lockTimeoutMs: 5_000 })).flipped).toBe(true);
+    append.release();
+    await append.done;
+    const diff = await diffOrderSummary(db, tableFor('order_summary', rebuild.version));
+    expect(diff.missing).toContain(orderId);
+    // Repair the database for the tests after this one: rebuild again without the breakage.
+    resetBreakages();
+    await runRebuild(db, orderSummary, { owner: 'repair' });
+    await expectReadModelMatchesLog(db, await liveTable());
+  });
+});
