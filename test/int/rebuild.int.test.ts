@@ -242,6 +242,38 @@ describe('flip and in-flight appends', () => {
     await expectReadModelMatchesLog(db, await liveTable());
   });
 
+  it('keeps the skip row of an append that commits while a drain batch runs, even below the batch\'s last position', async () => {
+    for (const broken of [false, true]) {
+      breakages.skipDeleteByRange = broken;
+      const { lease: l, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'w1' });
+      await startRebuild(db, orderSummary, l);
+      await replay(db, orderSummary, l);
+      const lateOrder = randomUUID().slice(0, 8);
+      const late = heldAppend(lateOrder); // draws the lower position, commits later
+      await late.hasDecided;
+      await seed(1, 1); // a higher position, committed now
+      await drain(db, orderSummary, l, {
+        hooks: {
+          // Inside the batch, after its read: the late append commits now.
+          insideBatch: async (step) => {
+            if (step !== 'drain') return;
+            late.release();
+            await late.done;
+          },
+        },
+        maxBatches: 1,
+      });
+      await drain(db, orderSummary, l);
+      expect((await flipRebuild(db, orderSummary, l, { lockTimeoutMs: 5_000 })).flipped).toBe(true);
+      const diff = await diffOrderSummary(db, tableFor('order_summary', rebuild.version));
+      if (broken) expect(diff.wrong.map((w) => w.orderId).concat(diff.missing)).toContain(lateOrder);
+      else expect(diff).toEqual({ missing: [], extra: [], wrong: [] });
+      resetBreakages();
+    }
+    await runRebuild(db, orderSummary, { owner: 'repair' });
+    await expectReadModelMatchesLog(db, await liveTable());
+  });
+
   it('loses the held append\'s event when the flip takes no lock (the deliberate breakage)', async () => {
     breakages.flipWithoutLock = true;
     const { lease, rebuild } = await rebuildUpToFlip();

@@ -6,6 +6,6 @@ export { flipRebuild } from './flip.ts';
 export { getRebuildProgress, type RebuildProgress } from './progress.ts';
 export { releaseRebuild } from './release.ts';
 export { replay } from './replay.ts';
-export { runRebuild, type RunOptions } from './run.ts';
+export { continueRebuild, runRebuild, type RunOptions } from './run.ts';
 export { startRebuild, withLockRetries } from './start.ts';
 export * from './types.ts';

@@ -24,10 +24,24 @@ export interface RunOptions extends AcquireOptions {
  * A crash anywhere leaves a state another worker resumes after the lease expires.
  */
 export async function runRebuild(db: Db, definition: ProjectionDefinition, options: RunOptions): Promise<{ rebuildId: string; lease: RebuildLease }> {
+  const { lease } = await acquireRebuild(db, definition, options);
+  await options.betweenSteps?.('acquire');
+  await continueRebuild(db, definition, lease, options);
+  return { rebuildId: lease.rebuildId, lease };
+}
+
+/**
+ * Takes a rebuild from whatever phase it is in to the end. Every step is a no-op outside its own
+ * phase, so a worker that took over a crashed rebuild calls this and continues where it stopped.
+ */
+export async function continueRebuild(
+  db: Db,
+  definition: ProjectionDefinition,
+  lease: RebuildLease,
+  options: Omit<RunOptions, keyof AcquireOptions> = {},
+): Promise<void> {
   const between = options.betweenSteps ?? (async () => {});
   const budget = { batchSize: options.batchSize ?? 5_000, maxMs: 10_000, ...(options.hooks ? { hooks: options.hooks } : {}) };
-  const { lease } = await acquireRebuild(db, definition, options);
-  await between('acquire');
   await startRebuild(db, definition, lease);
   await between('start');
   while (!(await replay(db, definition, lease, budget)).done) await between('replay');
@@ -45,5 +59,4 @@ export async function runRebuild(db: Db, definition: ProjectionDefinition, optio
   }
   await between('flip');
   await releaseRebuild(db, definition, lease.rebuildId);
-  return { rebuildId: lease.rebuildId, lease };
 }
