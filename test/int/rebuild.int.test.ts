@@ -12,6 +12,7 @@ import {
   flipRebuild,
   getRebuildProgress,
   replay,
+  continueRebuild,
   runRebuild,
   startRebuild,
   FencingTokenLostError,
@@ -175,6 +176,47 @@ describe('rebuild', () => {
     await drain(db, orderSummary, lease);
     await flipRebuild(db, orderSummary, lease);
     await expectReadModelMatchesLog(db, await liveTable());
+  });
+});
+
+describe('a crash at each step boundary', () => {
+  const steps = ['acquire', 'start', 'replay', 'drain', 'flip'] as const;
+  it.each(steps)('is taken over after the lease expires when the worker dies after %s, while writes continue', async (crashAfter) => {
+    let writing = true;
+    const writer = (async () => {
+      while (writing) {
+        await seed(1, 2);
+        await sleep(5);
+      }
+    })();
+    try {
+      const mode = crashAfter === 'drain' ? 'in-place' : 'blue-green';
+      let crashed = false;
+      await expect(
+        runRebuild(db, orderSummary, {
+          owner: 'doomed',
+          mode,
+          leaseMs: 200,
+          batchSize: 10,
+          betweenSteps: async (step) => {
+            if (step === crashAfter && !crashed) {
+              crashed = true;
+              throw new Error(`crash after ${step}`);
+            }
+          },
+        }),
+      ).rejects.toThrow(`crash after ${crashAfter}`);
+      await sleep(250);
+      // The flip already committed: the rebuild is done and a new request starts a new rebuild.
+      const { lease, resumed } = await acquireRebuild(db, orderSummary, { owner: 'rescuer', mode });
+      expect(resumed).toBe(crashAfter !== 'flip');
+      await continueRebuild(db, orderSummary, lease, { batchSize: 10 });
+    } finally {
+      writing = false;
+      await writer;
+    }
+    await expectReadModelMatchesLog(db, await liveTable());
+    expect(await db.query('select 1 from projection_skips')).toEqual([]);
   });
 });
 
