@@ -14,6 +14,12 @@ export interface Breakages {
   flipWithoutLock: boolean;
   /** Rebuild batches: check the fencing token with a plain SELECT (no row lock). */
   fencingPlainSelect: boolean;
+  /** Async projector: keep no gaps; the checkpoint is the highest position seen. */
+  asyncHighestSeen: boolean;
+  /** Async projector: read only events whose transaction is below the snapshot's xmin horizon. */
+  asyncXminHorizon: boolean;
+  /** Async projector: bound new gaps by the reading snapshot's xmax instead of a fresh xid. */
+  asyncSnapshotXmaxBound: boolean;
 }
 
 const none: Breakages = {
@@ -22,6 +28,9 @@ const none: Breakages = {
   skipDeleteByRange: false,
   flipWithoutLock: false,
   fencingPlainSelect: false,
+  asyncHighestSeen: false,
+  asyncXminHorizon: false,
+  asyncSnapshotXmaxBound: false,
 };
 
 export const breakages: Breakages = { ...none };
