@@ -20,6 +20,7 @@ export const customerTotals: ProjectionDefinition = {
   name: 'customer_totals',
   kind: 'async',
   eventTypes: Object.keys(ORDER_SECTIONS),
+  tables: (table) => [table, `${table}_orders`],
 
   async createTable(tx: Tx, table: string) {
     await tx.query(

@@ -3,7 +3,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { breakages, resetBreakages, type Breakages } from '../../functions/core/breakages.ts';
 import { appendToStream } from '../../functions/core/event-store/index.ts';
 import { acquireProjectorLease, projectBatch, runProjector, type Gap } from '../../functions/core/async/projector.ts';
-import { ensureProjection } from '../../functions/core/projections/ensure.ts';
+import { ensureProjection, resolveReadTarget } from '../../functions/core/projections/ensure.ts';
+import { getRebuildProgress, runRebuild } from '../../functions/core/rebuild/index.ts';
 import { projectionsOverview } from '../../functions/core/projections/overview.ts';
 import type { Db } from '../../functions/db/types.ts';
 import { customerTotals, readCustomerTotals } from '../../functions/domain/customer-totals.ts';
@@ -165,6 +166,49 @@ describe('the gap-aware async projector', () => {
     const [overview] = await projectionsOverview(s.db);
     expect(overview).toMatchObject({ lag: 0, openGaps: 0 });
   });
+});
+
+describe('rebuilding an async projection', () => {
+  it.each(['blue-green', 'in-place'] as const)(
+    'catches a new version up with the same projector and swaps it live (%s), under slow writers',
+    async (mode) => {
+      const s = await freshStore();
+      const orders = Array.from({ length: 30 }, (_, i) => `o${i}`);
+      let writing = true;
+      const writers = Array.from({ length: 6 }, async (_, n) => {
+        const r = prng(200 + n);
+        while (writing) {
+          const id = orders[Math.floor(r() * orders.length)]!;
+          const slow = r() < 0.1;
+          await s.db.transaction(async (tx) => {
+            await appendToStream(tx, `order-${id}`, [randomOrderEvent(r, id)]);
+            if (slow) await tx.query('select pg_sleep(0.3)');
+          });
+        }
+      });
+      const scheduled = (async () => {
+        while (writing) {
+          await runProjector(s.db, customerTotals, { owner: 'scheduled', leaseMs: 500 }).catch(() => undefined);
+          await sleep(20);
+        }
+      })();
+      await sleep(500);
+      const { rebuildId } = await runRebuild(s.db, customerTotals, { owner: 'rebuilder', mode, batchSize: 25 });
+      const progress = await getRebuildProgress(s.db, 'customer_totals', rebuildId);
+      expect(progress.phase).toBe('done');
+      await sleep(300);
+      writing = false;
+      await Promise.all([...writers, scheduled]);
+      // The scheduled projector now works on the new live version; let it finish.
+      for (let i = 0; i < 3; i++) await runProjector(s.db, customerTotals, { owner: 'scheduled', leaseMs: 500 });
+      const target = await resolveReadTarget(s.db, 'customer_totals');
+      expect(target?.version).toBe(mode === 'blue-green' ? 2 : 1);
+      const expected = foldCustomerTotals(await committedEvents(s.db));
+      expect(await readCustomerTotals(s.db, target!.table)).toEqual(expected);
+      const [overview] = await projectionsOverview(s.db);
+      expect(overview).toMatchObject({ liveVersion: target!.version, lag: 0, openGaps: 0, rebuild: null });
+    },
+  );
 });
 
 describe('the readers it replaces fail the same checks', () => {

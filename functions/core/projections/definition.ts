@@ -22,6 +22,8 @@ export interface ProjectionDefinition {
   eventTypes: readonly string[];
   /** Creates the version's table (if it does not exist) and its indexes. */
   createTable(tx: Tx, table: string): Promise<void>;
+  /** Every table a version owns (default: just `table`): what a rebuild truncates and a release drops. */
+  tables?(table: string): string[];
   apply(tx: Tx, table: string, events: readonly StoredEvent[]): Promise<void>;
 }
 
@@ -29,6 +31,13 @@ export function tableFor(name: string, version: number): string {
   const table = `${name}_v${version}`;
   ident(table);
   return table;
+}
+
+/** Truncates (in-place rebuild) or drops (release, cancel) every table of a version. */
+export async function clearTables(tx: Tx, definition: ProjectionDefinition, version: number, how: 'truncate' | 'drop'): Promise<void> {
+  const table = tableFor(definition.name, version);
+  const tables = (definition.tables?.(table) ?? [table]).map(ident).join(', ');
+  await tx.query(how === 'truncate' ? `truncate ${tables}` : `drop table if exists ${tables}`);
 }
 
 export function handles(definition: ProjectionDefinition, type: string): boolean {

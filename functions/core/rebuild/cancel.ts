@@ -1,6 +1,5 @@
 import type { Db } from '../../db/types.ts';
-import { LOCK_KEY_SQL, tableFor, type ProjectionDefinition } from '../projections/definition.ts';
-import { ident } from '../sql-ident.ts';
+import { clearTables, LOCK_KEY_SQL, type ProjectionDefinition } from '../projections/definition.ts';
 import { RebuildNotCancellableError, RebuildNotFoundError } from './errors.ts';
 import { REBUILD_COLUMNS, setRebuildTimeouts } from './lease.ts';
 import { withLockRetries, type LockRetryOptions } from './start.ts';
@@ -42,7 +41,7 @@ export async function cancelRebuild(
           rebuild.version,
         ]);
         await tx.query('delete from projection_skips where projection = $1 and version = $2', [definition.name, rebuild.version]);
-        await tx.query(`drop table if exists ${ident(tableFor(definition.name, rebuild.version))}`);
+        await clearTables(tx, definition, rebuild.version, 'drop');
       }
       const [cancelled] = await tx.query<RebuildRow>(
         `update rebuilds

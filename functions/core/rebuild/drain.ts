@@ -2,6 +2,7 @@ import type { Db, Tx } from '../../db/types.ts';
 import { eventColumns, toStoredEvent, type StoredEventRow } from '../event-store/read.ts';
 import type { ProjectionDefinition } from '../projections/definition.ts';
 import { applyBatch } from './apply-batch.ts';
+import { catchUpAsync } from './async-catch-up.ts';
 import { fence, setRebuildTimeouts } from './lease.ts';
 import type { BudgetOptions } from './replay.ts';
 import type { RebuildHooks, RebuildLease, RebuildRow } from './types.ts';
@@ -23,6 +24,10 @@ export async function drain(db: Db, definition: ProjectionDefinition, lease: Reb
   const batchSize = options.batchSize ?? 5_000;
   const deadline = Date.now() + (options.maxMs ?? 60_000);
   const maxBatches = options.maxBatches ?? Number.POSITIVE_INFINITY;
+  if (definition.kind === 'async') {
+    const { rebuild } = await catchUpAsync(db, definition, lease, 'drain', { batchSize, deadline });
+    return { phase: rebuild.phase, skipsDrained: 0, skipsPending: 0 };
+  }
   for (let batches = 0; ; batches++) {
     const { rebuild, drained } = await db.transaction(async (tx) => {
       await setRebuildTimeouts(tx);

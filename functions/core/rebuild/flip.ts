@@ -54,8 +54,13 @@ export async function flipRebuild(
           [definition.name, rebuild.previous_version],
         );
       }
+      // Inline: the checkpoint records the replay target. Async: the version keeps its own checkpoint
+      // and gaps, and its projector lease is released for the scheduled projector.
       await tx.query(
-        `update projections set state = 'live', checkpoint = $3, updated_at = now() where name = $1 and version = $2`,
+        `update projections
+            set state = 'live', updated_at = now(), lease_owner = null, lease_expires_at = null,
+                checkpoint = case when kind = 'inline' then $3 else checkpoint end
+          where name = $1 and version = $2`,
         [definition.name, rebuild.version, rebuild.target_position ?? 0],
       );
       await tx.query(

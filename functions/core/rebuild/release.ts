@@ -1,6 +1,5 @@
 import type { Db } from '../../db/types.ts';
-import { tableFor, type ProjectionDefinition } from '../projections/definition.ts';
-import { ident } from '../sql-ident.ts';
+import { clearTables, type ProjectionDefinition } from '../projections/definition.ts';
 import { RebuildNotFoundError } from './errors.ts';
 
 /**
@@ -22,6 +21,6 @@ export async function releaseRebuild(db: Db, definition: ProjectionDefinition, r
       rebuild.previous_version,
     ]);
     if (previous?.state !== 'retired') return;
-    await tx.query(`drop table if exists ${ident(tableFor(definition.name, rebuild.previous_version))}`);
+    await clearTables(tx, definition, rebuild.previous_version, 'drop');
   });
 }

@@ -2,6 +2,7 @@ import type { Db } from '../../db/types.ts';
 import { EVENT_COLUMNS, toStoredEvent, type StoredEventRow } from '../event-store/read.ts';
 import type { ProjectionDefinition } from '../projections/definition.ts';
 import { applyBatch } from './apply-batch.ts';
+import { catchUpAsync } from './async-catch-up.ts';
 import { fence, setRebuildTimeouts } from './lease.ts';
 import type { RebuildHooks, RebuildLease, RebuildRow } from './types.ts';
 
@@ -33,6 +34,10 @@ export async function replay(db: Db, definition: ProjectionDefinition, lease: Re
   const deadline = Date.now() + (options.maxMs ?? 60_000);
   const maxBatches = options.maxBatches ?? Number.POSITIVE_INFINITY;
   const types = JSON.stringify(definition.eventTypes);
+  if (definition.kind === 'async') {
+    const { rebuild } = await catchUpAsync(db, definition, lease, 'replay', { batchSize, deadline });
+    return summary(rebuild, rebuild.phase);
+  }
   for (let batches = 0; ; batches++) {
     const result = await db.transaction(async (tx): Promise<ReplayResult> => {
       await setRebuildTimeouts(tx);

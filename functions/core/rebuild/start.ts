@@ -1,7 +1,6 @@
 import type { Db } from '../../db/types.ts';
 import { isSqlState } from '../errors.ts';
-import { LOCK_KEY_SQL, tableFor, type ProjectionDefinition } from '../projections/definition.ts';
-import { ident } from '../sql-ident.ts';
+import { clearTables, LOCK_KEY_SQL, tableFor, type ProjectionDefinition } from '../projections/definition.ts';
 import { fence, setRebuildTimeouts } from './lease.ts';
 import type { RebuildLease, RebuildRow } from './types.ts';
 
@@ -48,11 +47,13 @@ export async function startRebuild(
       await tx.query(
         `insert into projections (name, version, kind, state)
          values ($1, $2, $3, 'rebuilding')
-         on conflict (name, version) do update set state = 'rebuilding', checkpoint = 0, updated_at = now()`,
+         on conflict (name, version) do update
+           set state = 'rebuilding', checkpoint = 0, gaps = '[]'::jsonb, lease_owner = null, lease_expires_at = null,
+               updated_at = now()`,
         [definition.name, rebuild.version, definition.kind],
       );
       await definition.createTable(tx, table);
-      await tx.query(`truncate ${ident(table)}`);
+      await clearTables(tx, definition, rebuild.version, 'truncate');
       await tx.query('delete from projection_skips where projection = $1 and version = $2', [
         definition.name,
         rebuild.version,
