@@ -67,8 +67,7 @@ export const customerTotals: ProjectionDefinition = {
     const newest = (col: string) => `case
         when excluded.${col} is null then cur.${col}
         when cur.${col} is null then excluded.${col}
-        when (excluded.${col}->>'at' collate "C", excluded.${col}->>'eventId' collate "C")
-           > (cur.${col}->>'at' collate "C", cur.${col}->>'eventId' collate "C") then excluded.${col}
+        when excluded.${col}->>'order' collate "C" > cur.${col}->>'order' collate "C" then excluded.${col}
         else cur.${col} end`;
     const batch = JSON.stringify([...orders.values()]);
     const ids = JSON.stringify([...orders.keys()]);

@@ -6,9 +6,10 @@ import { ident } from '../core/sql-ident.ts';
 /**
  * The `order_summary` inline projection (API.md): one document per order stream `order-{orderId}`.
  *
- * Each section (customer, inventory, payment, shipping, loyalty, decision) keeps the observation
- * with the newest source time `occurredAt`; ties go to the larger event id. The merge is a max over
- * a total order, so the document depends only on the set of events, never on the order they are
+ * Each observed section (customer, inventory, payment, shipping, loyalty) keeps the observation
+ * with the newest source time `occurredAt`; ties go to the larger event id. The decision section
+ * keeps the latest decision in the stream (a correction supersedes the one before it). Each merge is
+ * a max over a total order, so the document depends only on the events, never on the order they are
  * applied in (inline, replay, drain, or a late-arriving observation). `eventsApplied` counts events
  * applied, so an event applied twice, or lost, shows up against the stream's length.
  */
@@ -32,6 +33,13 @@ export interface Section {
   eventId: string;
   type: string;
   data: JsonObject;
+  /**
+   * What "newest" means, compared as text in byte order. Observations: source time, then event id.
+   * Decisions: their stream position, because a decision is made on the write side against the
+   * stream version, and a correction supersedes the decision before it in the stream whatever the
+   * source times involved.
+   */
+  order: string;
 }
 
 export interface OrderSummaryRow {
@@ -49,15 +57,16 @@ export function sectionOf(event: StoredEvent): [SectionName, Section] | undefine
   const name = ORDER_SECTIONS[event.type as OrderEventType];
   if (!name) return undefined;
   const { orderId: _orderId, occurredAt, ...data } = event.data;
-  return [name, { at: normaliseTime(occurredAt) ?? normaliseTime(event.recordedAt) ?? '', eventId: event.id, type: event.type, data }];
+  const at = normaliseTime(occurredAt) ?? normaliseTime(event.recordedAt) ?? '';
+  const order = name === 'decision' ? `p${String(event.streamPosition).padStart(15, '0')}` : `${at}|${event.id}`;
+  return [name, { at, eventId: event.id, type: event.type, data, order }];
 }
 
-/** Newest `at` wins; ties go to the larger event id. */
+/** The newer of two sections by their `order` key (byte order, as the SQL merge compares it). */
 export function newer(a: Section | undefined, b: Section | undefined): Section | undefined {
   if (!a) return b;
   if (!b) return a;
-  if (a.at !== b.at) return a.at > b.at ? a : b;
-  return a.eventId >= b.eventId ? a : b;
+  return a.order >= b.order ? a : b;
 }
 
 function normaliseTime(value: unknown): string | undefined {
@@ -113,8 +122,7 @@ export const orderSummary: ProjectionDefinition = {
                       when cur.sections->k is null then excluded.sections->k
                       when excluded.sections->k is null then cur.sections->k
                       -- byte order ("C"), as in JS, whatever the database's collation
-                      when (excluded.sections->k->>'at' collate "C", excluded.sections->k->>'eventId' collate "C")
-                         > (cur.sections->k->>'at' collate "C", cur.sections->k->>'eventId' collate "C")
+                      when excluded.sections->k->>'order' collate "C" > cur.sections->k->>'order' collate "C"
                         then excluded.sections->k
                       else cur.sections->k
                     end)
