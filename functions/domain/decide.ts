@@ -3,6 +3,7 @@ import type { NewEvent, StoredEvent } from '../core/event-store/types.ts';
 import { newer, sectionOf, type Section } from './order-summary.ts';
 
 export type DecisionType = 'OrderConfirmed' | 'OrderRejected';
+export type DecisionEventType = DecisionType | 'OrderDecisionWithdrawn';
 
 /**
  * The write-side decision for an order, from the set of its observations (never their arrival
@@ -22,10 +23,13 @@ export function desiredDecision(events: readonly StoredEvent[]): { type: Decisio
   return undefined;
 }
 
-/** The decision in force: the last decision event in the stream. */
+/** The decision in force: the last decision event in the stream (none after a withdrawal). */
 export function currentDecision(events: readonly StoredEvent[]): DecisionType | undefined {
   let current: DecisionType | undefined;
-  for (const e of events) if (e.type === 'OrderConfirmed' || e.type === 'OrderRejected') current = e.type;
+  for (const e of events) {
+    if (e.type === 'OrderConfirmed' || e.type === 'OrderRejected') current = e.type;
+    if (e.type === 'OrderDecisionWithdrawn') current = undefined;
+  }
   return current;
 }
 
@@ -38,14 +42,33 @@ export function currentDecision(events: readonly StoredEvent[]): DecisionType | 
  */
 export function decisionFor(orderId: string, observationId: string, before: readonly StoredEvent[], after: readonly StoredEvent[]): NewEvent | undefined {
   const desired = desiredDecision(after);
-  if (!desired || desired.type === currentDecision(before)) return undefined;
+  const current = currentDecision(before);
+  const id = derivedUuid(`${observationId}:decision`);
+  const metadata = { causationId: observationId };
+  if (!desired) {
+    if (!current) return undefined;
+    // The decision in force no longer follows from the observations (a newer payment succeeded
+    // after a rejection, inventory not reserved yet): withdraw it, or the outcome would depend on
+    // the order in which the payments arrived.
+    return { id, type: 'OrderDecisionWithdrawn', data: { orderId, occurredAt: latestPaymentAt(after), withdrawn: current }, metadata };
+  }
+  if (desired.type === current) return undefined;
   const shipping = after.map(sectionOf).reduce<Section | undefined>((s, x) => (x?.[0] === 'shipping' ? newer(s, x[1]) : s), undefined);
   const occurredAt = desired.inventory && desired.inventory.at > desired.payment.at ? desired.inventory.at : desired.payment.at;
   const data =
     desired.type === 'OrderConfirmed'
       ? { orderId, occurredAt, warehouseId: desired.inventory!.data.warehouseId ?? null, estimatedDays: shipping?.data.estimatedDays ?? null }
       : { orderId, occurredAt, reason: 'payment failed' };
-  return { id: derivedUuid(`${observationId}:decision`), type: desired.type, data, metadata: { causationId: observationId } };
+  return { id, type: desired.type, data, metadata };
+}
+
+function latestPaymentAt(events: readonly StoredEvent[]): string {
+  let payment: Section | undefined;
+  for (const e of events) {
+    const s = sectionOf(e);
+    if (s?.[0] === 'payment') payment = newer(payment, s[1]);
+  }
+  return payment?.at ?? new Date(0).toISOString();
 }
 
 /** A name-based UUID (SHA-256, version bits 8): the same name always gives the same id. */

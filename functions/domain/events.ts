@@ -13,7 +13,7 @@ export const OBSERVATION_TYPES = [
   'ShippingCalculated',
   'LoyaltyPointsUpdated',
 ] as const;
-export const DECISION_TYPES = ['OrderConfirmed', 'OrderRejected'] as const;
+export const DECISION_TYPES = ['OrderConfirmed', 'OrderRejected', 'OrderDecisionWithdrawn'] as const;
 export type ObservationType = (typeof OBSERVATION_TYPES)[number];
 
 export const ORDER_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;

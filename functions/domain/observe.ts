@@ -5,13 +5,13 @@ import { eventColumns, toStoredEvent, type StoredEventRow } from '../core/event-
 import type { StoredEvent } from '../core/event-store/types.ts';
 import { jsonEqual } from '../core/json-equal.ts';
 import type { ProjectionDefinition } from '../core/projections/definition.ts';
-import { decisionFor, type DecisionType } from './decide.ts';
+import { decisionFor, type DecisionEventType } from './decide.ts';
 import { validateObservation } from './events.ts';
 
 export interface ObservationResult {
   streamVersion: number;
   globalPositions: number[];
-  decision?: DecisionType;
+  decision?: DecisionEventType;
   /** The observation was already in the store: nothing was written (HTTP 200 rather than 201). */
   duplicate: boolean;
 }
@@ -69,7 +69,7 @@ export async function handleObservation(
         return {
           streamVersion: result.streamVersion,
           globalPositions: result.globalPositions,
-          ...(decision ? { decision: decision.type as DecisionType } : {}),
+          ...(decision ? { decision: decision.type as DecisionEventType } : {}),
           duplicate: result.duplicate,
         };
       });
@@ -87,13 +87,13 @@ function originalResult(earlier: StoredEvent, stream: readonly StoredEvent[], ob
     throw new DuplicateEventIdError([earlier.id], 'this observation id was already used for different content');
   }
   const decision = stream.find(
-    (e) => (e.type === 'OrderConfirmed' || e.type === 'OrderRejected') && e.metadata.causationId === earlier.id,
+    (e) => (e.type === 'OrderConfirmed' || e.type === 'OrderRejected' || e.type === 'OrderDecisionWithdrawn') && e.metadata.causationId === earlier.id,
   );
   const appended = decision ? [earlier, decision] : [earlier];
   return {
     streamVersion: Math.max(...appended.map((e) => e.streamPosition)),
     globalPositions: appended.map((e) => e.globalPosition),
-    ...(decision ? { decision: decision.type as DecisionType } : {}),
+    ...(decision ? { decision: decision.type as DecisionEventType } : {}),
     duplicate: true,
   };
 }

@@ -21,6 +21,8 @@ export const ORDER_SECTIONS = {
   LoyaltyPointsUpdated: 'loyalty',
   OrderConfirmed: 'decision',
   OrderRejected: 'decision',
+  // A correction to "no decision": a newer payment succeeded after a rejection, inventory pending.
+  OrderDecisionWithdrawn: 'decision',
 } as const;
 
 export type OrderEventType = keyof typeof ORDER_SECTIONS;
@@ -153,7 +155,7 @@ export function toOrderSummaryDocument(row: OrderSummaryRow): OrderSummaryDocume
   const s = row.sections;
   const data = (name: SectionName) => (s[name] ? { ...s[name].data, occurredAt: s[name].at } : null);
   const received = OBSERVED_SECTIONS.filter((name) => s[name]);
-  const decision = s.decision;
+  const decision = s.decision?.type === 'OrderDecisionWithdrawn' ? undefined : s.decision;
   return {
     orderId: row.order_id,
     status: decision?.type === 'OrderConfirmed' ? 'confirmed' : decision?.type === 'OrderRejected' ? 'rejected' : 'pending',
