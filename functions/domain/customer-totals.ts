@@ -122,7 +122,7 @@ export interface CustomerTotalsDocument {
   lastGlobalPosition: number;
 }
 
-export async function readCustomerTotals(q: Queryable, table: string): Promise<CustomerTotalsDocument[]> {
+export async function readCustomerTotals(q: Queryable, table: string, customerId?: string): Promise<CustomerTotalsDocument[]> {
   const rows = await q.query<{
     customer_id: string;
     orders: number;
@@ -130,7 +130,10 @@ export async function readCustomerTotals(q: Queryable, table: string): Promise<C
     loyalty_points: string;
     events_applied: number;
     last_global_position: number;
-  }>(`select * from ${ident(table)} order by customer_id`);
+  }>(
+    `select * from ${ident(table)} where $1::text is null or customer_id = $1 order by customer_id`,
+    [customerId ?? null],
+  );
   return rows.map((r) => ({
     customerId: r.customer_id,
     orders: r.orders,

@@ -1,6 +1,7 @@
 import { Logger } from '@aws-lambda-powertools/logger';
 import { injectLambdaContext } from '@aws-lambda-powertools/logger/middleware';
 import middy from '@middy/core';
+import { asLog } from '../core/powertools-log.ts';
 import { runtimeDb } from '../db/runtime.ts';
 import { PROJECTIONS } from '../domain/projections.ts';
 import { createIngestHandler } from './ingest.ts';
@@ -10,11 +11,7 @@ const logger = new Logger({ serviceName: 'ledgerline', logLevel: 'INFO' });
 const db = runtimeDb();
 
 /** The ingest queue's Lambda (event source mapping with ReportBatchItemFailures). */
-const log = {
-  info: (message: string, extra: Record<string, unknown> = {}) => logger.info(message, extra),
-  warn: (message: string, extra: Record<string, unknown> = {}) => logger.warn(message, extra),
-  error: (message: string, extra: Record<string, unknown> = {}) => logger.error(message, extra),
-};
+const log = asLog(logger);
 
 /** The ingest queue's Lambda (event source mapping with ReportBatchItemFailures). */
 export const handler = middy(createIngestHandler({ db, projections: PROJECTIONS, log })).use(injectLambdaContext(logger));

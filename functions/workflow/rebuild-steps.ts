@@ -1,0 +1,99 @@
+import { randomUUID } from 'node:crypto';
+import type { Db } from '../db/types.ts';
+import { AppError } from '../core/errors.ts';
+import { acquireRebuild } from '../core/rebuild/acquire.ts';
+import { recordRebuildError } from '../core/rebuild/cancel.ts';
+import { drain } from '../core/rebuild/drain.ts';
+import { ProjectionNotFoundError } from '../core/rebuild/errors.ts';
+import { flipRebuild } from '../core/rebuild/flip.ts';
+import { releaseRebuild } from '../core/rebuild/release.ts';
+import { replay } from '../core/rebuild/replay.ts';
+import { startRebuild } from '../core/rebuild/start.ts';
+import type { RebuildLease, RebuildMode } from '../core/rebuild/types.ts';
+import { projectionNamed } from '../domain/projections.ts';
+
+/** The state that flows through the rebuild state machine (JSONPath). */
+export interface RebuildInput {
+  projection: string;
+  mode?: RebuildMode;
+  lease?: RebuildLease;
+  /** Replay/drain loop iterations in this execution; past a bound the workflow continues as a new execution. */
+  iterations?: number;
+  lockTimeoutMs?: number;
+  done?: boolean;
+  flipped?: boolean;
+  waitSeconds?: number;
+}
+
+export type Step = 'acquire' | 'start' | 'replay' | 'drain' | 'flip' | 'release' | 'fail';
+
+/** Lambda time budget per replay/drain call: well inside the 15-minute limit, leaving time to commit. */
+const STEP_BUDGET_MS = Number(process.env.REBUILD_STEP_BUDGET_MS ?? 600_000);
+
+/**
+ * Errors Step Functions may retry (Retry on `TransientError`): lock timeouts, lost connections,
+ * serialization failures. Everything else goes to the Catch path. The error's name is what the state
+ * machine matches.
+ */
+export class TransientError extends Error {
+  override name = 'TransientError';
+}
+
+/**
+ * One handler for every Task of the rebuild state machine: `{ step, state }` in, the next state out.
+ * Each step is one core function; the handler only adapts it.
+ */
+export function createRebuildStepHandler(deps: { db: Db }) {
+  return async (event: { step: Step; state: RebuildInput; error?: { Error?: string; Cause?: string } }): Promise<RebuildInput> => {
+    const { db } = deps;
+    const state = event.state;
+    const definition = projectionNamed(state.projection);
+    if (!definition) throw new ProjectionNotFoundError(state.projection);
+    try {
+      switch (event.step) {
+        case 'acquire': {
+          if (state.lease) return state;
+          const { lease } = await acquireRebuild(db, definition, { owner: `sfn-${randomUUID()}`, mode: state.mode ?? 'blue-green' });
+          return { ...state, lease, iterations: 0 };
+        }
+        case 'start':
+          await startRebuild(db, definition, lease(state));
+          return state;
+        case 'replay': {
+          const r = await replay(db, definition, lease(state), { maxMs: STEP_BUDGET_MS });
+          return { ...state, done: r.done, iterations: (state.iterations ?? 0) + 1 };
+        }
+        case 'drain':
+          await drain(db, definition, lease(state), { maxMs: STEP_BUDGET_MS });
+          return { ...state, iterations: (state.iterations ?? 0) + 1 };
+        case 'flip': {
+          const lockTimeoutMs = state.lockTimeoutMs ?? 100;
+          const flip = await flipRebuild(db, definition, lease(state), { lockTimeoutMs });
+          // On a timeout: drain again after a short wait, with a longer timeout (up to the appends' own 5 s).
+          return {
+            ...state,
+            flipped: flip.flipped || flip.phase !== 'draining',
+            lockTimeoutMs: Math.min(lockTimeoutMs * 2, 5_000),
+            waitSeconds: Math.max(1, Math.round(lockTimeoutMs / 1000)),
+          };
+        }
+        case 'release':
+          await releaseRebuild(db, definition, lease(state).rebuildId);
+          return state;
+        case 'fail': {
+          const message = `${event.error?.Error ?? 'Error'}: ${event.error?.Cause ?? ''}`.slice(0, 2000);
+          if (state.lease) await recordRebuildError(db, state.lease.rebuildId, message);
+          return state;
+        }
+      }
+    } catch (error) {
+      if (error instanceof AppError && error.retryable) throw new TransientError(error.message, { cause: error });
+      throw error;
+    }
+  };
+}
+
+function lease(state: RebuildInput): RebuildLease {
+  if (!state.lease) throw new AppError('LEASE_MISSING', 'internal', 'the workflow state has no lease');
+  return state.lease;
+}
