@@ -1,19 +1,43 @@
-import { Stack, type StackProps } from 'aws-cdk-lib';
+import { CustomResource, Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import * as apigw from 'aws-cdk-lib/aws-apigateway';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as targets from 'aws-cdk-lib/aws-events-targets';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as eventSources from 'aws-cdk-lib/aws-lambda-event-sources';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as cr from 'aws-cdk-lib/custom-resources';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import { Database } from './constructs/database.ts';
+import { nodeFunction } from './constructs/functions.ts';
+import { RebuildWorkflow } from './constructs/rebuild-workflow.ts';
 
 export interface LedgerlineStackProps extends StackProps {
   /** dev, staging, prod, …: part of every resource name; `prod` retains data on delete. */
   stage: string;
+  /** Alarm thresholds. */
+  skipAgeAlarmSeconds?: number;
+  asyncLagAlarm?: number;
 }
 
+export const INGEST_MAX_RECEIVE_COUNT = 5;
+
 /**
- * The deployed product. So far: the network and the Aurora database. The Lambdas, API Gateway, the
- * rebuild state machine, queues and alarms are added by the infrastructure issue.
+ * The deployed product: Aurora (Data API on), the Lambdas (API, rebuild steps, async projector,
+ * SQS consumer, DLQ redrive, migrations), API Gateway with IAM on every route, the rebuild state
+ * machine, the queues and their DLQs, alarms and a dashboard. Permissions are CDK grants.
  */
 export class LedgerlineStack extends Stack {
   readonly database: Database;
+  readonly workflow: RebuildWorkflow;
+  readonly api: apigw.RestApi;
+  readonly ingestQueue: sqs.Queue;
+  readonly ingestDlq: sqs.Queue;
+  readonly failuresQueue: sqs.Queue;
+  readonly adminPolicy: iam.ManagedPolicy;
+  readonly clientPolicy: iam.ManagedPolicy;
 
   constructor(scope: Construct, id: string, props: LedgerlineStackProps) {
     super(scope, id, props);
@@ -21,7 +45,179 @@ export class LedgerlineStack extends Stack {
       maxAzs: 2,
       natGateways: 0,
       subnetConfiguration: [{ name: 'isolated', subnetType: ec2.SubnetType.PRIVATE_ISOLATED, cidrMask: 24 }],
+      flowLogs: { all: { trafficType: ec2.FlowLogTrafficType.REJECT } },
     });
+    // No NAT: the Lambdas reach AWS APIs through interface endpoints only.
+    for (const [name, service] of [
+      ['SecretsManager', ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER],
+      ['StepFunctions', ec2.InterfaceVpcEndpointAwsService.STEP_FUNCTIONS],
+      ['Sqs', ec2.InterfaceVpcEndpointAwsService.SQS],
+      ['Lambda', ec2.InterfaceVpcEndpointAwsService.LAMBDA],
+    ] as const) {
+      vpc.addInterfaceEndpoint(name, { service, privateDnsEnabled: true });
+    }
     this.database = new Database(this, 'Database', { vpc, retain: props.stage === 'prod' });
+    const cluster = this.database.cluster;
+    const lambdaSg = new ec2.SecurityGroup(this, 'LambdaSg', { vpc, description: 'ledgerline Lambdas', allowAllOutbound: true });
+    cluster.connections.allowDefaultPortFrom(lambdaSg, 'Lambdas to Aurora');
+    const dbEnv = {
+      DB_SECRET_ARN: cluster.secret!.secretArn,
+      DB_HOST: cluster.clusterEndpoint.hostname,
+      DB_PORT: cluster.clusterEndpoint.port.toString(),
+      DB_NAME: this.database.databaseName,
+    };
+    const fn = (id: string, entry: string, extra: Partial<Parameters<typeof nodeFunction>[2]> & { database?: boolean } = {}) => {
+      const usesDb = extra.database ?? true;
+      const f = nodeFunction(this, id, {
+        ...extra,
+        entry,
+        vpc,
+        securityGroup: lambdaSg,
+        environment: { ...(usesDb ? dbEnv : {}), ...(extra.environment ?? {}) },
+      });
+      if (usesDb) cluster.secret!.grantRead(f);
+      return f;
+    };
+
+    // Queues: every queue has a DLQ with an explicit receive count and 14 days' retention.
+    const retention = Duration.days(14);
+    this.ingestDlq = new sqs.Queue(this, 'IngestDlq', { retentionPeriod: retention, enforceSSL: true, encryption: sqs.QueueEncryption.SQS_MANAGED });
+    this.ingestQueue = new sqs.Queue(this, 'IngestQueue', {
+      retentionPeriod: Duration.days(4),
+      visibilityTimeout: Duration.seconds(6 * 60),
+      deadLetterQueue: { queue: this.ingestDlq, maxReceiveCount: INGEST_MAX_RECEIVE_COUNT },
+      enforceSSL: true,
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+    });
+    // Failed rebuild executions and failed async projector runs are parked here for the operator.
+    this.failuresQueue = new sqs.Queue(this, 'FailuresDlq', { retentionPeriod: retention, enforceSSL: true, encryption: sqs.QueueEncryption.SQS_MANAGED });
+
+    // Migrations before anything serves traffic.
+    const migrateFn = fn('Migrate', 'functions/db/migrate-lambda.ts', {
+      timeout: Duration.minutes(10),
+      copyMigrations: true,
+      environment: { MIGRATIONS_DIR: '/var/task/migrations' },
+    });
+    const migrations = new CustomResource(this, 'Migrations', {
+      serviceToken: new cr.Provider(this, 'MigrationsProvider', { onEventHandler: migrateFn, logRetention: logs.RetentionDays.ONE_MONTH }).serviceToken,
+      // A new hash of the SQL reruns the resource, which applies the new files.
+      properties: { version: '2' },
+    });
+    migrations.node.addDependency(cluster);
+
+    const steps = fn('RebuildSteps', 'functions/workflow/rebuild-steps-lambda.ts', { timeout: Duration.minutes(15), memorySize: 1024 });
+    this.workflow = new RebuildWorkflow(this, 'RebuildWorkflow', { stepFunction: steps, failures: this.failuresQueue, stage: props.stage });
+
+    const projector = fn('Projector', 'functions/workflow/projector-lambda.ts', { timeout: Duration.seconds(60), reservedConcurrentExecutions: 1 });
+    new events.Rule(this, 'ProjectorSchedule', {
+      schedule: events.Schedule.rate(Duration.minutes(1)),
+      targets: [new targets.LambdaFunction(projector, { deadLetterQueue: this.failuresQueue, retryAttempts: 2 })],
+    });
+
+    const ingest = fn('Ingest', 'functions/queue/ingest-lambda.ts', { timeout: Duration.seconds(60) });
+    ingest.addEventSource(new eventSources.SqsEventSource(this.ingestQueue, { batchSize: 10, reportBatchItemFailures: true, maxConcurrency: 10 }));
+
+    const redriveFn = fn('Redrive', 'functions/queue/redrive-lambda.ts', {
+      database: false,
+      timeout: Duration.minutes(5),
+      environment: { REDRIVE_PAIRS: Stack.of(this).toJsonString({ [this.ingestDlq.queueUrl]: this.ingestQueue.queueUrl }) },
+    });
+    this.ingestDlq.grantConsumeMessages(redriveFn);
+    this.ingestQueue.grantSendMessages(redriveFn);
+
+    const apiFn = fn('ApiHandler', 'functions/http/api-lambda.ts', {
+      environment: { REBUILD_STATE_MACHINE_ARN: this.workflow.stateMachine.stateMachineArn, PROJECTOR_FUNCTION_NAME: projector.functionName },
+    });
+    this.workflow.stateMachine.grantStartExecution(apiFn);
+    projector.grantInvoke(apiFn);
+    apiFn.node.addDependency(migrations);
+
+    const accessLogs = new logs.LogGroup(this, 'ApiAccessLogs', { retention: logs.RetentionDays.ONE_MONTH });
+    this.api = new apigw.RestApi(this, 'Api', {
+      restApiName: `ledgerline-${props.stage}`,
+      defaultMethodOptions: { authorizationType: apigw.AuthorizationType.IAM },
+      deployOptions: {
+        stageName: props.stage,
+        accessLogDestination: new apigw.LogGroupLogDestination(accessLogs),
+        accessLogFormat: apigw.AccessLogFormat.jsonWithStandardFields(),
+        tracingEnabled: true,
+        throttlingBurstLimit: 500,
+        throttlingRateLimit: 1000,
+      },
+      cloudWatchRole: true,
+      endpointTypes: [apigw.EndpointType.REGIONAL],
+    });
+    this.api.node.addDependency(migrations);
+    const integration = new apigw.LambdaIntegration(apiFn);
+    this.api.root.addProxy({ defaultIntegration: integration, anyMethod: true });
+
+    // Who may call what: clients append and read; only admins start rebuilds.
+    const route = (method: string, path: string) => this.api.arnForExecuteApi(method, path, props.stage);
+    this.clientPolicy = new iam.ManagedPolicy(this, 'ClientPolicy', {
+      description: 'Append events, post observations, read streams and read models',
+      statements: [
+        new iam.PolicyStatement({
+          actions: ['execute-api:Invoke'],
+          resources: [route('GET', '/*'), route('POST', '/streams/*'), route('POST', '/orders/*')],
+        }),
+      ],
+    });
+    this.adminPolicy = new iam.ManagedPolicy(this, 'AdminPolicy', {
+      description: 'Start rebuilds and redrive dead letters',
+      statements: [
+        new iam.PolicyStatement({ actions: ['execute-api:Invoke'], resources: [route('POST', '/projections/*')] }),
+        new iam.PolicyStatement({ actions: ['lambda:InvokeFunction'], resources: [redriveFn.functionArn] }),
+        new iam.PolicyStatement({ actions: ['states:StartExecution', 'states:DescribeExecution', 'states:StopExecution'], resources: [this.workflow.stateMachine.stateMachineArn] }),
+      ],
+    });
+
+    // Alarms: any message in any DLQ, skip rows pending too long, async lag, failed rebuilds.
+    const alarms: cloudwatch.Alarm[] = [];
+    for (const [name, queue] of [['IngestDlq', this.ingestDlq], ['FailuresDlq', this.failuresQueue]] as const) {
+      alarms.push(
+        queue.metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(1), statistic: 'Maximum' }).createAlarm(this, `${name}NotEmpty`, {
+          alarmDescription: `${name} has messages: see RUNBOOK "${name}NotEmpty"`,
+          threshold: 0,
+          comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+          evaluationPeriods: 1,
+          treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+        }),
+      );
+    }
+    const projectionMetric = (metricName: string, projection: string) =>
+      new cloudwatch.Metric({ namespace: 'Ledgerline', metricName, dimensionsMap: { Projection: projection, service: 'projector' }, period: Duration.minutes(1), statistic: 'Maximum' });
+    alarms.push(
+      projectionMetric('OldestSkipAgeSeconds', 'order_summary').createAlarm(this, 'SkipsPendingTooLong', {
+        alarmDescription: 'order_summary has skip rows older than the threshold: a rebuild stopped draining',
+        threshold: props.skipAgeAlarmSeconds ?? 1800,
+        evaluationPeriods: 5,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      }),
+      projectionMetric('AsyncLag', 'customer_totals').createAlarm(this, 'AsyncLagHigh', {
+        alarmDescription: 'customer_totals is behind the log by more than the threshold',
+        threshold: props.asyncLagAlarm ?? 10_000,
+        evaluationPeriods: 5,
+        treatMissingData: cloudwatch.TreatMissingData.BREACHING,
+      }),
+      this.workflow.stateMachine.metricFailed({ period: Duration.minutes(5), statistic: 'Sum' }).createAlarm(this, 'RebuildFailed', {
+        alarmDescription: 'a rebuild execution failed: see the failures DLQ',
+        threshold: 0,
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+        evaluationPeriods: 1,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      }),
+    );
+    new cloudwatch.Dashboard(this, 'Dashboard', {
+      dashboardName: `ledgerline-${props.stage}`,
+      widgets: [
+        [new cloudwatch.AlarmStatusWidget({ title: 'Alarms', alarms, width: 24 })],
+        [
+          new cloudwatch.GraphWidget({ title: 'Dead letters', left: [this.ingestDlq.metricApproximateNumberOfMessagesVisible(), this.failuresQueue.metricApproximateNumberOfMessagesVisible()] }),
+          new cloudwatch.GraphWidget({ title: 'Skip rows pending (order_summary)', left: [projectionMetric('SkipsPending', 'order_summary')], right: [projectionMetric('OldestSkipAgeSeconds', 'order_summary')] }),
+          new cloudwatch.GraphWidget({ title: 'Async lag (customer_totals)', left: [projectionMetric('AsyncLag', 'customer_totals')], right: [projectionMetric('OpenGaps', 'customer_totals')] }),
+          new cloudwatch.GraphWidget({ title: 'Rebuild executions', left: [this.workflow.stateMachine.metricSucceeded(), this.workflow.stateMachine.metricFailed()] }),
+        ],
+      ],
+    });
   }
 }

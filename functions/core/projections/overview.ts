@@ -8,6 +8,8 @@ export interface ProjectionOverview {
   /** Async: highest position processed. Inline: the replay target of the last rebuild. */
   checkpoint: number;
   skipsPending: number;
+  /** Age of the oldest pending skip row, in seconds (a rebuild that stopped draining shows here). */
+  oldestSkipAgeSeconds: number | null;
   openGaps: number;
   /** Age of the oldest open gap, in milliseconds (async). */
   oldestGapAgeMs: number | null;
@@ -27,6 +29,7 @@ export async function projectionsOverview(q: Queryable): Promise<ProjectionOverv
     gaps: Array<{ since: string }>;
     head: number;
     skips_pending: number;
+    oldest_skip_age: number | null;
     rebuild_id: string | null;
     rebuild_version: number | null;
     mode: string | null;
@@ -41,6 +44,7 @@ export async function projectionsOverview(q: Queryable): Promise<ProjectionOverv
      )
      select c.name, c.kind, c.version, c.state, c.checkpoint, c.gaps, h.head,
             (select count(*) from projection_skips s where s.projection = c.name)::bigint as skips_pending,
+            (select extract(epoch from now() - min(s.recorded_at))::float8 from projection_skips s where s.projection = c.name) as oldest_skip_age,
             r.rebuild_id::text, r.version as rebuild_version, r.mode, r.phase
        from current c cross join head h
        left join rebuilds r on r.projection = c.name and r.phase in ('starting', 'replaying', 'draining')
@@ -54,6 +58,7 @@ export async function projectionsOverview(q: Queryable): Promise<ProjectionOverv
     state: r.state,
     checkpoint: r.checkpoint,
     skipsPending: r.skips_pending,
+    oldestSkipAgeSeconds: r.oldest_skip_age === null ? null : Math.round(r.oldest_skip_age),
     openGaps: r.gaps.length,
     oldestGapAgeMs: r.gaps.length === 0 ? null : Math.max(...r.gaps.map((g) => now - Date.parse(g.since))),
     lag: r.kind === 'async' ? Math.max(0, r.head - r.checkpoint) : 0,
