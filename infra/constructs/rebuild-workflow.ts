@@ -46,7 +46,8 @@ export class RebuildWorkflow extends Construct {
         lambdaFunction: props.stepFunction,
         payloadResponseOnly: true,
         payload: sfn.TaskInput.fromObject({ step: stepName, 'state.$': '$' }),
-        resultPath: '$',
+        // No ResultPath: the default ("$") replaces the state with the step's result. (An explicit
+        // "$" is also valid ASL, but aws-local-stepfunctions 3.0.0 nests the result under a "$" key.)
         retryOnServiceExceptions: false,
         taskTimeout: sfn.Timeout.duration(Duration.minutes(15)),
       });

@@ -1,0 +1,144 @@
+import { CreateQueueCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
+import { startFauxqs } from 'fauxqs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { appendToStream } from '../../functions/core/event-store/index.ts';
+import { ensureProjection, resolveReadTarget } from '../../functions/core/projections/ensure.ts';
+import type { Db } from '../../functions/db/types.ts';
+import { orderSummary } from '../../functions/domain/order-summary.ts';
+import { PROJECTIONS } from '../../functions/domain/projections.ts';
+import { localRebuildRunner } from '../../functions/local/rebuild-state-machine.ts';
+import { createRebuildStepHandler, TransientError, type Step } from '../../functions/workflow/rebuild-steps.ts';
+import { synthesizedRebuildDefinition, type AslDefinition } from '../../infra/local-definition.ts';
+import { diffOrderSummary, expectReadModelMatchesLog, prng, randomOrderEvent } from '../support/orders.ts';
+import { createTestDatabase, type TestDatabase } from '../support/test-db.ts';
+
+let t: TestDatabase;
+let db: Db;
+let definition: AslDefinition;
+let server: Awaited<ReturnType<typeof startFauxqs>>;
+let sqs: SQSClient;
+let failuresUrl: string;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+beforeAll(async () => {
+  t = await createTestDatabase({ max: 12 });
+  db = t.db;
+  for (const p of PROJECTIONS) await ensureProjection(db, p);
+  definition = synthesizedRebuildDefinition();
+  server = await startFauxqs({ port: 0, logger: false, host: '127.0.0.1' });
+  sqs = new SQSClient({ endpoint: `http://127.0.0.1:${server.port}`, region: 'us-east-1', credentials: { accessKeyId: 'l', secretAccessKey: 'l' } });
+  failuresUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'failures' }))).QueueUrl!;
+});
+afterAll(async () => {
+  sqs?.destroy();
+  await server?.stop();
+  await t?.drop();
+});
+
+function runner(fault?: (step: Step, call: number) => Error | undefined) {
+  const real = createRebuildStepHandler({ db });
+  const calls = new Map<Step, number>();
+  return localRebuildRunner({
+    definition,
+    steps: async (event) => {
+      const n = (calls.get(event.step) ?? 0) + 1;
+      calls.set(event.step, n);
+      const error = fault?.(event.step, n);
+      if (error) throw error;
+      return real(event);
+    },
+    sendFailure: async (body) => {
+      await sqs.send(new SendMessageCommand({ QueueUrl: failuresUrl, MessageBody: JSON.stringify(body) }));
+    },
+    retryIntervalMs: 10,
+    waitMs: 20,
+  });
+}
+
+/** Writers appending order events until stopped. */
+function writers(n: number) {
+  let on = true;
+  const loops = Array.from({ length: n }, async (_, i) => {
+    const r = prng(300 + i);
+    while (on) {
+      const id = `wf-${Math.floor(r() * 40)}`;
+      await db.transaction((tx) => appendToStream(tx, `order-${id}`, [randomOrderEvent(r, id)], { projections: PROJECTIONS }));
+      await sleep(2);
+    }
+  });
+  return async () => {
+    on = false;
+    await Promise.all(loops);
+  };
+}
+
+describe('the rebuild state machine from the synthesized template', () => {
+  it('maps every Task state to a local handler, and refuses a definition with an unmapped one', () => {
+    expect(runner().taskStates.sort()).toEqual(['Acquire', 'ContinueAsNew', 'Drain', 'Flip', 'RecordFailure', 'Release', 'Replay', 'SendFailure', 'Start']);
+    const extra = { ...definition, States: { ...definition.States, Surprise: { Type: 'Task', Resource: 'arn:aws:states:::dynamodb:putItem', End: true } } };
+    expect(() => localRebuildRunner({ definition: extra, steps: async (e) => e.state, sendFailure: async () => {} })).toThrow(/Surprise/);
+  });
+
+  it('rebuilds while writers append, and the read model equals a fold', async () => {
+    const stop = writers(4);
+    let output: { lease: { rebuildId: string } };
+    const before = (await resolveReadTarget(db, 'order_summary'))!.version;
+    try {
+      await sleep(300);
+      output = (await runner().run({ projection: 'order_summary', mode: 'blue-green' })) as { lease: { rebuildId: string } };
+      await sleep(200);
+    } finally {
+      await stop();
+    }
+    const after = await resolveReadTarget(db, 'order_summary');
+    expect(after!.version).toBe(before + 1);
+    const [rebuild] = await db.query<{ phase: string }>('select phase from rebuilds where rebuild_id = $1', [output.lease.rebuildId]);
+    expect(rebuild!.phase).toBe('done');
+    await expectReadModelMatchesLog(db, after!.table);
+  });
+
+  it('retries a step that fails transiently, and completes', async () => {
+    const stop = writers(2);
+    const failed: string[] = [];
+    const r = runner((step, call) => {
+      if ((step === 'replay' || step === 'flip') && call === 1) {
+        failed.push(step);
+        return new TransientError(`injected: ${step}`);
+      }
+      return undefined;
+    });
+    try {
+      await r.run({ projection: 'order_summary', mode: 'in-place' });
+    } finally {
+      await stop();
+    }
+    expect(failed).toEqual(['replay', 'flip']);
+    await expectReadModelMatchesLog(db, (await resolveReadTarget(db, 'order_summary'))!.table);
+  });
+
+  it('on a permanent fault, records it, parks a message in the failures queue and fails, leaving the live read model untouched', async () => {
+    const stop = writers(2);
+    const live = (await resolveReadTarget(db, 'order_summary'))!;
+    const r = runner((step) => (step === 'drain' ? new Error('injected: drain is broken') : undefined));
+    try {
+      await expect(r.run({ projection: 'order_summary', mode: 'blue-green' })).rejects.toThrow();
+      await sleep(100);
+    } finally {
+      await stop();
+    }
+    expect(await resolveReadTarget(db, 'order_summary')).toEqual(live);
+    expect(await diffOrderSummary(db, live.table)).toEqual({ missing: [], extra: [], wrong: [] });
+    const received = await sqs.send(new ReceiveMessageCommand({ QueueUrl: failuresUrl, MaxNumberOfMessages: 10, WaitTimeSeconds: 1 }));
+    expect(received.Messages).toHaveLength(1);
+    const message = JSON.parse(received.Messages![0]!.Body!) as { execution: string; projection: string; error: { Error: string; Cause: string } };
+    expect(message).toMatchObject({ projection: 'order_summary', error: { Error: 'Error' } });
+    expect(message.error.Cause).toContain('drain is broken');
+    const [rebuild] = await db.query<{ error: string; phase: string; rebuild_id: string }>(
+      "select error, phase, rebuild_id::text from rebuilds where phase in ('starting', 'replaying', 'draining')",
+    );
+    expect(rebuild!.error).toContain('drain is broken');
+    // The unfinished rebuild is the operator's to resume or cancel; cancel it so the file ends clean.
+    const { cancelRebuild } = await import('../../functions/core/rebuild/index.ts');
+    await cancelRebuild(db, orderSummary, rebuild!.rebuild_id);
+  });
+});
