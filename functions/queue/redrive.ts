@@ -18,6 +18,7 @@ export async function redrive(
 ): Promise<RedriveResult> {
   const max = options.max ?? 1_000;
   const result: RedriveResult = { moved: 0, preview: [] };
+  const seen = new Set<string>();
   while (result.moved + result.preview.length < max) {
     const received = await sqs.send(
       new ReceiveMessageCommand({
@@ -27,9 +28,11 @@ export async function redrive(
         VisibilityTimeout: options.visibilityTimeoutSeconds ?? 30,
       }),
     );
-    const messages = received.Messages ?? [];
+    // A dry run sees its own messages again once their visibility lapses: stop at the first repeat.
+    const messages = (received.Messages ?? []).filter((m) => !seen.has(m.MessageId ?? ''));
     if (messages.length === 0) break;
     for (const m of messages) {
+      seen.add(m.MessageId ?? '');
       if (options.dryRun) {
         result.preview.push(m.Body ?? '');
         continue;

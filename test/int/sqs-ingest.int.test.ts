@@ -141,6 +141,41 @@ describe('the SQS ingest path', () => {
     await expectReadModelMatchesLog(db, (await resolveReadTarget(db, 'order_summary'))!.table);
   }, 60_000);
 
+  it('redrives dead letters back to their queue after a fix, with a dry run that moves nothing', async () => {
+    const q = await queueWithDlq(`redrive-${randomUUID().slice(0, 8)}`, 1);
+    const orderId = 'redrive-1';
+    // Parked because the sender used the wrong order id in the body; the fix is upstream, and the
+    // same message then passes. Here: a handler that rejects everything until "fixed".
+    let fixed = false;
+    const real = createIngestHandler({ db, projections: PROJECTIONS, log: { info() {}, warn() {}, error() {} } });
+    const handler: typeof real = async (event) => (fixed ? real(event) : { batchItemFailures: event.Records.map((r) => ({ itemIdentifier: r.messageId })) });
+    const bodies = Array.from({ length: 3 }, (_, i) =>
+      JSON.stringify({ id: randomUUID(), type: 'ShippingCalculated', data: { orderId, occurredAt: `2026-01-0${i + 1}T00:00:00Z`, shippingCost: i, estimatedDays: 1 } }),
+    );
+    await sendAll(q.url, bodies);
+    const poller = startSqsPoller({ sqs, queueUrl: q.url, queueArn: q.arn, handler });
+    for (let i = 0; i < 40 && (await depth(q.url)) > 0; i++) await sleep(250);
+    await poller.stop();
+    expect(await depth(q.dlqUrl)).toBe(3);
+
+    const { redrive } = await import('../../functions/queue/redrive.ts');
+    const preview = await redrive(sqs, { dlqUrl: q.dlqUrl, targetUrl: q.url, dryRun: true, visibilityTimeoutSeconds: 1 });
+    expect(preview.preview.sort()).toEqual([...bodies].sort());
+    expect(preview.moved).toBe(0);
+    await sleep(1_100);
+    expect(await depth(q.dlqUrl)).toBe(3);
+
+    fixed = true;
+    const moved = await redrive(sqs, { dlqUrl: q.dlqUrl, targetUrl: q.url });
+    expect(moved.moved).toBe(3);
+    const again = startSqsPoller({ sqs, queueUrl: q.url, queueArn: q.arn, handler });
+    for (let i = 0; i < 40 && (await depth(q.url)) > 0; i++) await sleep(250);
+    await again.stop();
+    expect(await depth(q.dlqUrl)).toBe(0);
+    const [row] = await db.query<{ n: number }>('select count(*)::int as n from events where stream_id = $1', [`order-${orderId}`]);
+    expect(row!.n).toBe(3);
+  }, 60_000);
+
   it('runs the middy Lambda entry with its module-scope configuration', async () => {
     process.env.DATABASE_URL = t.url;
     const { handler } = await import('../../functions/queue/ingest-lambda.ts');
