@@ -104,7 +104,10 @@ export class LedgerlineStack extends Stack {
       environment: { MIGRATIONS_DIR: '/var/task/migrations' },
     });
     const migrations = new CustomResource(this, 'Migrations', {
-      serviceToken: new cr.Provider(this, 'MigrationsProvider', { onEventHandler: migrateFn, logRetention: logs.RetentionDays.ONE_MONTH }).serviceToken,
+      serviceToken: new cr.Provider(this, 'MigrationsProvider', {
+        onEventHandler: migrateFn,
+        logGroup: new logs.LogGroup(this, 'MigrationsProviderLogs', { retention: logs.RetentionDays.ONE_MONTH }),
+      }).serviceToken,
       // A new hash of the SQL reruns the resource, which applies the new files.
       properties: { version: '2' },
     });

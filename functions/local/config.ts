@@ -12,11 +12,18 @@ export interface LocalConfig {
   port: number;
   /** The embedded PostgreSQL's port (loopback only). */
   postgresPort: number;
+  /** The local SQS (fauxqs) port (loopback only). */
+  sqsPort: number;
+  /** How often the async projector runs, in milliseconds. */
+  projectorIntervalMs: number;
 }
 
 export function loadLocalConfig(env: NodeJS.ProcessEnv = process.env): LocalConfig {
   const port = tcpPort(env, 'PORT', 3000);
   const postgresPort = tcpPort(env, 'LEDGERLINE_PG_PORT', 54329);
+  const sqsPort = tcpPort(env, 'LEDGERLINE_SQS_PORT', 3001);
+  const projectorIntervalMs = env.LEDGERLINE_PROJECTOR_INTERVAL_MS === undefined ? 500 : Number(env.LEDGERLINE_PROJECTOR_INTERVAL_MS);
+  if (!Number.isInteger(projectorIntervalMs) || projectorIntervalMs < 10) throw new Error('LEDGERLINE_PROJECTOR_INTERVAL_MS must be an integer of at least 10');
   const fresh = env.FRESH === undefined ? false : env.FRESH === '1' || env.FRESH === 'true';
   return {
     databaseUrl: env.DATABASE_URL || undefined,
@@ -24,6 +31,8 @@ export function loadLocalConfig(env: NodeJS.ProcessEnv = process.env): LocalConf
     fresh,
     port,
     postgresPort,
+    sqsPort,
+    projectorIntervalMs,
   };
 }
 

@@ -1,0 +1,143 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdtempSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { prng, randomOrderEvent } from '../support/orders.ts';
+
+/**
+ * The local stack as a user runs it: `npm start` in a child process (embedded PostgreSQL in a fresh
+ * folder, the API, the state machine runner, the projector, the SQS poller), then plain HTTP.
+ */
+let child: ChildProcess;
+let base: string;
+let output = '';
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+beforeAll(async () => {
+  const [port, pgPort, sqsPort] = [await freePort(), await freePort(), await freePort()];
+  base = `http://127.0.0.1:${port}`;
+  const dataParent = mkdtempSync(join(tmpdir(), 'll-e2e-'));
+  chmodSync(dataParent, 0o755); // the server runs as the `postgres` OS user when the tests run as root
+  const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(port), LEDGERLINE_PG_PORT: String(pgPort), LEDGERLINE_SQS_PORT: String(sqsPort), FRESH: '1', LEDGERLINE_DATA_DIR: join(dataParent, 'pg') };
+  delete env.DATABASE_URL;
+  child = spawn('npm', ['start'], { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+  for (let i = 0; i < 240 && !output.includes('ready.'); i++) await sleep(250);
+  if (!output.includes('ready.')) throw new Error(`the local stack did not start:\n${output}`);
+}, 90_000);
+
+afterAll(async () => {
+  if (!child || child.exitCode !== null) return;
+  // Ctrl-C, as a user would: the signal goes to the process group (npm, tsx and the stack).
+  process.kill(-child.pid!, 'SIGINT');
+  for (let i = 0; i < 80 && !output.includes('stopped'); i++) await sleep(250);
+  const clean = output.includes('stopped');
+  if (!clean) {
+    console.log(output.slice(-1500));
+    try {
+      process.kill(-child.pid!, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  expect(clean).toBe(true);
+}, 30_000);
+
+async function http(method: string, path: string, body?: unknown, raw?: string) {
+  const res = await fetch(`${base}${path}`, {
+    method,
+    headers: { 'content-type': 'application/json' },
+    ...(raw !== undefined ? { body: raw } : body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  return { status: res.status, body: (await res.json()) as any };
+}
+
+describe('the local stack over HTTP', () => {
+  it('keeps every order summary equal to its stream while clients append through a blue-green and an in-place rebuild', async () => {
+    const orders = Array.from({ length: 60 }, (_, i) => `e2e-${i}`);
+    let running = true;
+    let appended = 0;
+    const clients = Array.from({ length: 8 }, async (_, n) => {
+      const random = prng(900 + n);
+      while (running) {
+        const orderId = orders[Math.floor(random() * orders.length)]!;
+        const e = randomOrderEvent(random, orderId);
+        const res =
+          e.type === 'OrderConfirmed' || e.type === 'OrderRejected'
+            ? await http('POST', `/streams/order-${orderId}/events`, { events: [{ type: 'ShippingCalculated', data: { orderId, occurredAt: e.data.occurredAt, shippingCost: 1, estimatedDays: 1 } }] })
+            : await http('POST', `/orders/${orderId}/observations`, e);
+        expect([200, 201]).toContain(res.status);
+        appended += 1;
+      }
+    });
+    try {
+      await sleep(500);
+      for (const mode of ['blue-green', 'in-place']) {
+        const started = await http('POST', '/projections/order_summary/rebuilds', { mode });
+        expect(started).toMatchObject({ status: 202, body: { projection: 'order_summary', mode } });
+        let phase = '';
+        for (let i = 0; i < 240 && phase !== 'done'; i++) {
+          const status = await http('GET', `/projections/order_summary/rebuilds/${started.body.rebuildId}`);
+          expect(status.status).toBe(200);
+          phase = status.body.phase;
+          expect(phase).not.toBe('failed');
+          await sleep(250);
+        }
+        expect(phase).toBe('done');
+      }
+      await sleep(300);
+    } finally {
+      running = false;
+      await Promise.all(clients);
+    }
+    expect(appended).toBeGreaterThan(100);
+    for (const orderId of orders) {
+      const stream = await http('GET', `/streams/order-${orderId}?limit=1000`);
+      if (stream.status === 404) continue;
+      const summary = await http('GET', `/orders/${orderId}`);
+      expect(summary.status).toBe(200);
+      expect({ orderId, eventsApplied: summary.body.eventsApplied, last: summary.body.lastGlobalPosition }).toEqual({
+        orderId,
+        eventsApplied: stream.body.events.length,
+        last: Math.max(...stream.body.events.map((e: { globalPosition: number }) => e.globalPosition)),
+      });
+    }
+    const projections = await http('GET', '/projections');
+    expect(projections.body.find((p: { name: string }) => p.name === 'order_summary')).toMatchObject({ state: 'live', skipsPending: 0, rebuild: null });
+  }, 120_000);
+
+  it('answers bad requests over HTTP with their codes and writes nothing', async () => {
+    const before = await http('GET', '/projections');
+    const cases: Array<[string, string, string | undefined, number, string]> = [
+      ['POST', '/streams/s1/events', '{"events": [', 400, 'VALIDATION_FAILED'],
+      ['POST', '/streams/s1/events', JSON.stringify({ events: [{ type: 5, data: [] }] }), 400, 'VALIDATION_FAILED'],
+      ['POST', '/streams/s1/events', JSON.stringify({ events: [{ type: 'A', data: { s: 'x'.repeat(2_000_000) } }] }), 413, 'PAYLOAD_TOO_LARGE'],
+      ['POST', '/streams/%00/events', JSON.stringify({ events: [{ type: 'A', data: {} }] }), 400, 'VALIDATION_FAILED'],
+      ['POST', '/streams/..%2F..%2Fetc%2Fpasswd/events', JSON.stringify({ events: [{ type: 'A', data: {} }] }), 201, ''],
+      ['GET', '/no/such/route/here', undefined, 404, 'ROUTE_NOT_FOUND'],
+      ['PATCH', '/projections', undefined, 405, 'METHOD_NOT_ALLOWED'],
+      ['GET', '/streams/never-seen', undefined, 404, 'STREAM_NOT_FOUND'],
+      ['POST', '/projections/unknown/rebuilds', '{}', 404, 'PROJECTION_NOT_FOUND'],
+    ];
+    for (const [method, path, raw, status, code] of cases) {
+      const res = await http(method, path, undefined, raw);
+      expect({ path: path.slice(0, 40), status: res.status, code: res.body.error?.code ?? '' }).toEqual({ path: path.slice(0, 40), status, code });
+    }
+    // The encoded-slash id is one opaque stream id, stored as such (no path traversal exists here).
+    expect((await http('GET', '/streams/..%2F..%2Fetc%2Fpasswd')).body.streamId).toBe('../../etc/passwd');
+    expect((await http('GET', '/projections')).status).toBe(before.status);
+  });
+});
