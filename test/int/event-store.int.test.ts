@@ -188,6 +188,8 @@ describe('bad input', () => {
     ['a stream id that is too long', 'x'.repeat(LIMITS.streamIdLength + 1), [ev()], undefined, 'VALIDATION_FAILED'],
     ['a stream id with surrounding spaces', ' s ', [ev()], undefined, 'VALIDATION_FAILED'],
     ['a stream id with a lone surrogate', 's\ud800', [ev()], undefined, 'VALIDATION_FAILED'],
+    ['a stream id with a slash', '../etc/passwd', [ev()], undefined, 'VALIDATION_FAILED'],
+    ['a stream id that is ".."', '..', [ev()], undefined, 'VALIDATION_FAILED'],
     ['no events', 'ok', [], undefined, 'VALIDATION_FAILED'],
     ['events that are not an array', 'ok', { type: 'A' }, undefined, 'VALIDATION_FAILED'],
     ['too many events', 'ok', Array.from({ length: LIMITS.eventsPerAppend + 1 }, () => ev()), undefined, 'VALIDATION_FAILED'],

@@ -25,6 +25,10 @@ export function streamIdProblem(streamId: unknown): string | undefined {
   if (CONTROL_CHARACTER.test(streamId)) return 'must not contain control characters';
   if (LONE_SURROGATE.test(streamId)) return 'must be valid Unicode';
   if (streamId.trim() !== streamId) return 'must not start or end with white space';
+  // A stream id is a path segment of the HTTP API: a slash would make it unroutable (gateways decode
+  // %2F), and "." / ".." are path navigation to every proxy in between.
+  if (/[/\\]/.test(streamId)) return 'must not contain "/" or "\\"';
+  if (streamId === '.' || streamId === '..') return 'must not be "." or ".."';
   return undefined;
 }
 
