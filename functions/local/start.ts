@@ -1,6 +1,5 @@
 import { rmSync } from 'node:fs';
-import { CreateQueueCommand, GetQueueAttributesCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
-import { startFauxqs } from 'fauxqs';
+import { SendMessageCommand } from '@aws-sdk/client-sqs';
 import { runProjector } from '../core/async/projector.ts';
 import type { Log } from '../core/log.ts';
 import { ensureProjection } from '../core/projections/ensure.ts';
@@ -14,6 +13,7 @@ import { createRebuildStepHandler } from '../workflow/rebuild-steps.ts';
 import { synthesizedRebuildDefinition } from '../../infra/local-definition.ts';
 import { loadLocalConfig } from './config.ts';
 import { startEmbeddedPostgres, type RunningPostgres } from './embedded-postgres.ts';
+import { startLocalSqs } from './local-sqs.ts';
 import { serveApi } from './http-server.ts';
 import { localRebuildRunner } from './rebuild-state-machine.ts';
 import { startSqsPoller } from './sqs-poller.ts';
@@ -45,20 +45,11 @@ async function main(): Promise<void> {
   const applied = await migrate(db, loadMigrations());
   for (const p of PROJECTIONS) await ensureProjection(db, p);
 
-  const sqsServer = await startFauxqs({ port: config.sqsPort, host: '127.0.0.1', logger: false });
-  const sqsEndpoint = `http://127.0.0.1:${sqsServer.port}`;
-  const sqs = new SQSClient({ endpoint: sqsEndpoint, region: 'us-east-1', credentials: { accessKeyId: 'local', secretAccessKey: 'local' } });
-  const queue = async (name: string, attributes: Record<string, string> = {}) => {
-    const { QueueUrl } = await sqs.send(new CreateQueueCommand({ QueueName: name, Attributes: attributes }));
-    const arn = (await sqs.send(new GetQueueAttributesCommand({ QueueUrl, AttributeNames: ['QueueArn'] }))).Attributes!.QueueArn!;
-    return { url: QueueUrl!, arn };
-  };
-  const ingestDlq = await queue('ledgerline-ingest-dlq');
-  const ingest = await queue('ledgerline-ingest', {
-    VisibilityTimeout: '5',
-    RedrivePolicy: JSON.stringify({ deadLetterTargetArn: ingestDlq.arn, maxReceiveCount: '5' }),
-  });
-  const failures = await queue('ledgerline-failures');
+  const localSqs = await startLocalSqs(config.sqsPort);
+  const { sqs, endpoint: sqsEndpoint } = localSqs;
+  const ingest = await localSqs.queueWithDlq('ledgerline-ingest', 5, { VisibilityTimeout: '5' });
+  const ingestDlq = { url: ingest.dlqUrl };
+  const failures = await localSqs.queue('ledgerline-failures');
   const poller = startSqsPoller({
     sqs,
     queueUrl: ingest.url,
@@ -122,10 +113,7 @@ async function main(): Promise<void> {
       }],
       ['sqs poller', () => poller.stop()],
       ['rebuilds', () => rebuilds.idle()],
-      ['sqs', async () => {
-        sqs.destroy();
-        await sqsServer.stop();
-      }],
+      ['sqs', () => localSqs.stop()],
       ['database pool', () => db.close()],
       ['postgres', async () => embedded?.stop()],
     ];

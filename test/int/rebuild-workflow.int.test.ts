@@ -1,11 +1,11 @@
-import { CreateQueueCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
-import { startFauxqs } from 'fauxqs';
+import { ReceiveMessageCommand, SendMessageCommand, type SQSClient } from '@aws-sdk/client-sqs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { appendToStream } from '../../functions/core/event-store/index.ts';
 import { ensureProjection, resolveReadTarget } from '../../functions/core/projections/ensure.ts';
 import type { Db } from '../../functions/db/types.ts';
 import { orderSummary } from '../../functions/domain/order-summary.ts';
 import { PROJECTIONS } from '../../functions/domain/projections.ts';
+import { startLocalSqs, type LocalSqs } from '../../functions/local/local-sqs.ts';
 import { localRebuildRunner } from '../../functions/local/rebuild-state-machine.ts';
 import { createRebuildStepHandler, TransientError, type Step } from '../../functions/workflow/rebuild-steps.ts';
 import { synthesizedRebuildDefinition, type AslDefinition } from '../../infra/local-definition.ts';
@@ -15,7 +15,7 @@ import { createTestDatabase, type TestDatabase } from '../support/test-db.ts';
 let t: TestDatabase;
 let db: Db;
 let definition: AslDefinition;
-let server: Awaited<ReturnType<typeof startFauxqs>>;
+let local: LocalSqs;
 let sqs: SQSClient;
 let failuresUrl: string;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -25,13 +25,12 @@ beforeAll(async () => {
   db = t.db;
   for (const p of PROJECTIONS) await ensureProjection(db, p);
   definition = synthesizedRebuildDefinition();
-  server = await startFauxqs({ port: 0, logger: false, host: '127.0.0.1' });
-  sqs = new SQSClient({ endpoint: `http://127.0.0.1:${server.port}`, region: 'us-east-1', credentials: { accessKeyId: 'l', secretAccessKey: 'l' } });
-  failuresUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'failures' }))).QueueUrl!;
+  local = await startLocalSqs();
+  sqs = local.sqs;
+  failuresUrl = (await local.queue('failures')).url;
 });
 afterAll(async () => {
-  sqs?.destroy();
-  await server?.stop();
+  await local?.stop();
   await t?.drop();
 });
 

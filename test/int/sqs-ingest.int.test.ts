@@ -1,18 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import {
-  CreateQueueCommand,
-  GetQueueAttributesCommand,
-  ReceiveMessageCommand,
-  SendMessageBatchCommand,
-  SQSClient,
-} from '@aws-sdk/client-sqs';
-import { startFauxqs } from 'fauxqs';
+import { GetQueueAttributesCommand, ReceiveMessageCommand, SendMessageBatchCommand, type SQSClient } from '@aws-sdk/client-sqs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureProjection, resolveReadTarget } from '../../functions/core/projections/ensure.ts';
 import { runRebuild } from '../../functions/core/rebuild/index.ts';
 import type { Db } from '../../functions/db/types.ts';
 import { orderSummary } from '../../functions/domain/order-summary.ts';
 import { PROJECTIONS } from '../../functions/domain/projections.ts';
+import { startLocalSqs, type LocalSqs } from '../../functions/local/local-sqs.ts';
 import { startSqsPoller } from '../../functions/local/sqs-poller.ts';
 import { createIngestHandler } from '../../functions/queue/ingest.ts';
 import { expectReadModelMatchesLog, prng, randomOrderEvent } from '../support/orders.ts';
@@ -20,7 +14,7 @@ import { createTestDatabase, type TestDatabase } from '../support/test-db.ts';
 
 let t: TestDatabase;
 let db: Db;
-let server: Awaited<ReturnType<typeof startFauxqs>>;
+let local: LocalSqs;
 let sqs: SQSClient;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -28,33 +22,16 @@ beforeAll(async () => {
   t = await createTestDatabase({ max: 8 });
   db = t.db;
   for (const p of PROJECTIONS) await ensureProjection(db, p);
-  server = await startFauxqs({ port: 0, logger: false, host: '127.0.0.1' });
-  sqs = new SQSClient({
-    endpoint: `http://127.0.0.1:${server.port}`,
-    region: 'us-east-1',
-    credentials: { accessKeyId: 'local', secretAccessKey: 'local' },
-  });
+  local = await startLocalSqs();
+  sqs = local.sqs;
 });
 afterAll(async () => {
-  sqs?.destroy();
-  await server?.stop();
+  await local?.stop();
   await t?.drop();
 });
 
-async function queueWithDlq(name: string, maxReceiveCount: number) {
-  const dlq = await sqs.send(new CreateQueueCommand({ QueueName: `${name}-dlq`, Attributes: { MessageRetentionPeriod: '1209600' } }));
-  const dlqArn = (await sqs.send(new GetQueueAttributesCommand({ QueueUrl: dlq.QueueUrl, AttributeNames: ['QueueArn'] }))).Attributes!.QueueArn!;
-  const queue = await sqs.send(
-    new CreateQueueCommand({
-      QueueName: name,
-      Attributes: {
-        VisibilityTimeout: '1',
-        RedrivePolicy: JSON.stringify({ deadLetterTargetArn: dlqArn, maxReceiveCount: String(maxReceiveCount) }),
-      },
-    }),
-  );
-  const arn = (await sqs.send(new GetQueueAttributesCommand({ QueueUrl: queue.QueueUrl, AttributeNames: ['QueueArn'] }))).Attributes!.QueueArn!;
-  return { url: queue.QueueUrl!, arn, dlqUrl: dlq.QueueUrl! };
+function queueWithDlq(name: string, maxReceiveCount: number) {
+  return local.queueWithDlq(name, maxReceiveCount, { VisibilityTimeout: '1' });
 }
 
 async function depth(url: string): Promise<number> {
