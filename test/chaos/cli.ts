@@ -18,7 +18,7 @@ if (!Number.isInteger(seeds) || seeds < 1 || !Number.isInteger(firstSeed)) {
   console.error('usage: npm run test:chaos -- --seeds N [--first-seed S]');
   process.exit(2);
 }
-const result = spawnSync('npx', ['vitest', 'run', 'test/int/chaos.int.test.ts'], {
+const result = spawnSync('npx', ['vitest', 'run', '--config', 'test/vitest.config.ts', 'test/int/chaos.int.test.ts'], {
   stdio: 'inherit',
   env: { ...process.env, CHAOS_SEEDS: String(seeds), CHAOS_FIRST_SEED: String(firstSeed) },
 });
