@@ -60,7 +60,19 @@ async function freshStore() {
     const [row] = await db.query<{ gaps: Gap[] }>("select gaps from projections where name = 'customer_totals'");
     return row!.gaps.map((g) => g.position);
   };
-  return { t, db, project, append, held, orderEvents, gaps };
+  /**
+   * The xmin horizon is cluster-wide: a transaction of another test file on the same server can hold
+   * it back for a moment. Closing a gap by proof waits for that, so the tests give it a bounded while.
+   */
+  const projectUntilNoGaps = async (timeoutMs = 15_000) => {
+    const deadline = Date.now() + timeoutMs;
+    await project();
+    while ((await gaps()).length > 0 && Date.now() < deadline) {
+      await sleep(50);
+      await project();
+    }
+  };
+  return { t, db, project, projectUntilNoGaps, append, held, orderEvents, gaps };
 }
 
 describe('the gap-aware async projector', () => {
@@ -76,7 +88,7 @@ describe('the gap-aware async projector', () => {
     slow.commit();
     await slow.done;
     await s.project();
-    expect(await s.orderEvents('slow')).toBe(1);
+    expect(await s.orderEvents('slow')).toBe(1); // the gap closes by its event, at once
     expect(await s.gaps()).toEqual([]);
   });
 
@@ -92,7 +104,7 @@ describe('the gap-aware async projector', () => {
     expect(overview!.oldestGapAgeMs).toBeGreaterThanOrEqual(0);
     doomed.rollback();
     await doomed.done;
-    await s.project();
+    await s.projectUntilNoGaps();
     expect(await s.gaps()).toEqual([]);
     expect(await s.orderEvents('doomed')).toBe(0);
   });
@@ -119,7 +131,7 @@ describe('the gap-aware async projector', () => {
     expect(await s.gaps()).toEqual([position]);
     endLong();
     await long;
-    await s.project();
+    await s.projectUntilNoGaps();
     expect(await s.gaps()).toEqual([]);
   });
 
@@ -158,7 +170,7 @@ describe('the gap-aware async projector', () => {
     await sleep(2_500);
     writing = false;
     await Promise.all([...writers, projector]);
-    await s.project();
+    await s.projectUntilNoGaps();
     expect(await s.gaps()).toEqual([]);
     const expected = foldCustomerTotals(await committedEvents(s.db));
     expect(expected.length).toBeGreaterThan(0);
@@ -200,7 +212,11 @@ describe('rebuilding an async projection', () => {
       writing = false;
       await Promise.all([...writers, scheduled]);
       // The scheduled projector now works on the new live version; let it finish.
-      for (let i = 0; i < 3; i++) await runProjector(s.db, customerTotals, { owner: 'scheduled', leaseMs: 500 });
+      for (let i = 0; i < 300; i++) {
+        const run = await runProjector(s.db, customerTotals, { owner: 'scheduled', leaseMs: 500 });
+        if (run && run.gaps.length === 0 && i >= 2) break;
+        await sleep(50);
+      }
       const target = await resolveReadTarget(s.db, 'customer_totals');
       expect(target?.version).toBe(mode === 'blue-green' ? 2 : 1);
       const expected = foldCustomerTotals(await committedEvents(s.db));
@@ -269,8 +285,16 @@ describe('the readers it replaces fail the same checks', () => {
   });
 
   it('a reader bounding gaps by the snapshot xmax closes a running writer\'s gap and loses its event', async () => {
-    const r = await slowThenFast('asyncSnapshotXmaxBound', true);
-    expect(r.fastBeforeSlowCommitted).toBe(1);
-    expect(r.slowApplied).toBe(0);
+    // The loss needs no transaction newer than the slow writer to complete between its xid and the
+    // projector's read; xids are cluster-wide, so another test file can close that window. A few
+    // attempts are allowed; one loss proves the point.
+    let lost = false;
+    for (let attempt = 0; attempt < 6 && !lost; attempt++) {
+      const r = await slowThenFast('asyncSnapshotXmaxBound', true);
+      expect(r.fastBeforeSlowCommitted).toBe(1);
+      lost = r.slowApplied === 0;
+      resetBreakages();
+    }
+    expect(lost).toBe(true);
   });
 });

@@ -273,10 +273,8 @@ describe('flip and in-flight appends', () => {
     const { lease } = await rebuildUpToFlip();
     const append = heldAppend(randomUUID().slice(0, 8));
     await append.hasDecided;
-    const started = performance.now();
     const first = await flipRebuild(db, orderSummary, lease, { lockTimeoutMs: 100 });
-    expect(first.flipped).toBe(false);
-    expect(performance.now() - started).toBeLessThan(2_000);
+    expect(first.flipped).toBe(false); // gave way instead of queueing every writer behind the held append
     append.release();
     await append.done;
     await drain(db, orderSummary, lease);
