@@ -12,7 +12,7 @@ import { getRebuildProgress } from '../core/rebuild/progress.ts';
 import type { RebuildStarter } from '../core/rebuild/starter.ts';
 import { ident } from '../core/sql-ident.ts';
 import { readCustomerTotals } from '../domain/customer-totals.ts';
-import { ORDER_ID_PATTERN } from '../domain/events.ts';
+import { DECISION_TYPES, ORDER_ID_PATTERN } from '../domain/events.ts';
 import { handleObservation } from '../domain/observe.ts';
 import { toOrderSummaryDocument, type OrderSummaryRow } from '../domain/order-summary.ts';
 import { projectionNamed, PROJECTIONS } from '../domain/projections.ts';
@@ -54,6 +54,16 @@ export function createApi(deps: ApiDeps): (request: HttpRequest) => Promise<Http
           if (unknown.length > 0) throw new ValidationError(unknown.map((k) => ({ path: k, message: 'is not a known field' })));
           const expectedVersion: unknown = input.expectedVersion;
           assertValidExpectedVersion(expectedVersion);
+          // Decisions are the system's (domain/decide.ts): a client cannot append one to an order
+          // stream through the generic route and bypass the write-side logic.
+          if (params[0]!.startsWith('order-') && Array.isArray(input.events)) {
+            const decisions = input.events.flatMap((e: unknown, i) =>
+              isPlainObject(e) && (DECISION_TYPES as readonly unknown[]).includes(e.type)
+                ? [{ path: `events[${i}].type`, message: 'decisions are appended by the system; post observations instead' }]
+                : [],
+            );
+            if (decisions.length > 0) throw new ValidationError(decisions);
+          }
           const result = await db.transaction((tx) =>
             appendToStream(tx, params[0]!, input.events as never, {
               expectedVersion: expectedVersion ?? 'any',

@@ -119,6 +119,7 @@ describe('the HTTP API', () => {
       ['DELETE', '/streams/exists', undefined, 405, 'METHOD_NOT_ALLOWED'],
       ['PUT', '/streams/exists/events', '{}', 405, 'METHOD_NOT_ALLOWED'],
       ['POST', '/orders/o-9/observations', JSON.stringify({ id: 'x', type: 'Nope', data: {} }), 400, 'VALIDATION_FAILED'],
+      ['POST', '/streams/order-o-1/events', JSON.stringify({ events: [{ type: 'OrderConfirmed', data: { orderId: 'o-1' } }] }), 400, 'VALIDATION_FAILED'],
       ['POST', '/orders/..%2F..%2Fetc/observations', JSON.stringify({}), 400, 'VALIDATION_FAILED'],
       ['GET', '/orders/o-unknown', undefined, 404, 'ORDER_NOT_FOUND'],
       ['GET', '/orders/bad%2Fid', undefined, 400, 'VALIDATION_FAILED'],
