@@ -21,6 +21,8 @@ export interface LedgerlineStackProps extends StackProps {
   /** Alarm thresholds. */
   skipAgeAlarmSeconds?: number;
   asyncLagAlarm?: number;
+  /** Rebuild loop turns per execution before it continues as a new one (default 200). */
+  rebuildMaxIterations?: number;
 }
 
 export const INGEST_MAX_RECEIVE_COUNT = 5;
@@ -114,7 +116,12 @@ export class LedgerlineStack extends Stack {
     migrations.node.addDependency(cluster);
 
     const steps = fn('RebuildSteps', 'functions/workflow/rebuild-steps-lambda.ts', { timeout: Duration.minutes(15), memorySize: 1024 });
-    this.workflow = new RebuildWorkflow(this, 'RebuildWorkflow', { stepFunction: steps, failures: this.failuresQueue, stage: props.stage });
+    this.workflow = new RebuildWorkflow(this, 'RebuildWorkflow', {
+      stepFunction: steps,
+      failures: this.failuresQueue,
+      stage: props.stage,
+      ...(props.rebuildMaxIterations === undefined ? {} : { maxIterations: props.rebuildMaxIterations }),
+    });
 
     const projector = fn('Projector', 'functions/workflow/projector-lambda.ts', { timeout: Duration.seconds(60), reservedConcurrentExecutions: 1 });
     new events.Rule(this, 'ProjectorSchedule', {

@@ -11,9 +11,9 @@ export interface AslDefinition {
  * The rebuild state machine exactly as CDK synthesizes it (bundling skipped: only the template is
  * needed), with its CloudFormation references resolved to local placeholders, for the local runner.
  */
-export function synthesizedRebuildDefinition(): AslDefinition {
+export function synthesizedRebuildDefinition(options: { rebuildMaxIterations?: number } = {}): AslDefinition {
   const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
-  const stack = new LedgerlineStack(app, 'ledgerline-local', { stage: 'local' });
+  const stack = new LedgerlineStack(app, 'ledgerline-local', { stage: 'local', ...options });
   const template = app.synth().getStackArtifact(stack.artifactId).template as {
     Resources: Record<string, { Type: string; Properties: { DefinitionString?: unknown } }>;
   };

@@ -43,7 +43,8 @@ export class TransientError extends Error {
  * One handler for every Task of the rebuild state machine: `{ step, state }` in, the next state out.
  * Each step is one core function; the handler only adapts it.
  */
-export function createRebuildStepHandler(deps: { db: Db }) {
+export function createRebuildStepHandler(deps: { db: Db; budgetMs?: number; batchSize?: number }) {
+  const budget = { maxMs: deps.budgetMs ?? STEP_BUDGET_MS, ...(deps.batchSize ? { batchSize: deps.batchSize } : {}) };
   return async (event: { step: Step; state: RebuildInput; error?: { Error?: string; Cause?: string } }): Promise<RebuildInput> => {
     const { db } = deps;
     const state = event.state;
@@ -60,11 +61,11 @@ export function createRebuildStepHandler(deps: { db: Db }) {
           await startRebuild(db, definition, lease(state));
           return state;
         case 'replay': {
-          const r = await replay(db, definition, lease(state), { maxMs: STEP_BUDGET_MS });
+          const r = await replay(db, definition, lease(state), budget);
           return { ...state, done: r.done, iterations: (state.iterations ?? 0) + 1 };
         }
         case 'drain':
-          await drain(db, definition, lease(state), { maxMs: STEP_BUDGET_MS });
+          await drain(db, definition, lease(state), budget);
           return { ...state, iterations: (state.iterations ?? 0) + 1 };
         case 'flip': {
           const lockTimeoutMs = state.lockTimeoutMs ?? 100;

@@ -115,6 +115,38 @@ describe('the rebuild state machine from the synthesized template', () => {
     await expectReadModelMatchesLog(db, (await resolveReadTarget(db, 'order_summary'))!.table);
   });
 
+  it('continues as a new execution past the loop bound, and the rebuild completes in the continuation', async () => {
+    const bounded = synthesizedRebuildDefinition({ rebuildMaxIterations: 3 });
+    // One replay batch of 10 events per call: the first execution runs out of loop turns.
+    const steps = createRebuildStepHandler({ db, budgetMs: 0, batchSize: 10 });
+    const executions: unknown[] = [];
+    const r = localRebuildRunner({
+      definition: bounded,
+      steps: async (event) => {
+        if (event.step === 'acquire' || event.step === 'start') executions.push(event.step);
+        return steps(event);
+      },
+      sendFailure: async (body) => {
+        throw new Error(`unexpected failure: ${JSON.stringify(body)}`);
+      },
+      retryIntervalMs: 10,
+      waitMs: 20,
+    });
+    const first = (await r.run({ projection: 'order_summary', mode: 'blue-green' })) as Record<string, unknown>;
+    expect(first.done).not.toBe(true); // the first execution ended by continuing, not by finishing
+    await r.idle();
+    const [rebuild] = await db.query<{ phase: string; events_replayed: number }>(
+      'select phase, events_replayed from rebuilds order by started_at desc limit 1',
+    );
+    expect(rebuild!.phase).toBe('done');
+    expect(rebuild!.events_replayed).toBeGreaterThan(30);
+    // One acquire; every continuation entered at Start with the lease it carried over.
+    expect(executions[0]).toBe('acquire');
+    expect(executions.filter((e) => e === 'acquire')).toHaveLength(1);
+    expect(executions.filter((e) => e === 'start').length).toBeGreaterThan(1);
+    await expectReadModelMatchesLog(db, (await resolveReadTarget(db, 'order_summary'))!.table);
+  });
+
   it('on a permanent fault, records it, parks a message in the failures queue and fails, leaving the live read model untouched', async () => {
     const stop = writers(2);
     const live = (await resolveReadTarget(db, 'order_summary'))!;
