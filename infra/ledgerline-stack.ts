@@ -1,4 +1,4 @@
-import { CfnElement, CustomResource, Duration, Stack, Validations, type StackProps } from 'aws-cdk-lib';
+import { CfnElement, CfnOutput, CustomResource, Duration, Stack, Validations, type StackProps } from 'aws-cdk-lib';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as apigw from 'aws-cdk-lib/aws-apigateway';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
@@ -181,7 +181,7 @@ export class LedgerlineStack extends Stack {
     this.adminPolicy = new iam.ManagedPolicy(this, 'AdminPolicy', {
       description: 'Start rebuilds and redrive dead letters',
       statements: [
-        new iam.PolicyStatement({ actions: ['execute-api:Invoke'], resources: [route('POST', '/projections/*')] }),
+        new iam.PolicyStatement({ actions: ['execute-api:Invoke'], resources: [route('POST', '/projections/*'), route('DELETE', '/projections/*')] }),
         new iam.PolicyStatement({ actions: ['lambda:InvokeFunction'], resources: [redriveFn.functionArn] }),
         new iam.PolicyStatement({ actions: ['states:StartExecution', 'states:DescribeExecution', 'states:StopExecution'], resources: [this.workflow.stateMachine.stateMachineArn] }),
       ],
@@ -223,9 +223,21 @@ export class LedgerlineStack extends Stack {
         treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
       }),
     );
+    // What the operator CLI reads to find the stack's parts (`ledgerline --target aws --stack <name>`).
+    for (const [id, value] of [
+      ['ApiUrl', this.api.url],
+      ['IngestQueueUrl', this.ingestQueue.queueUrl],
+      ['IngestDlqUrl', this.ingestDlq.queueUrl],
+      ['FailuresDlqUrl', this.failuresQueue.queueUrl],
+      ['RebuildStateMachineArn', this.workflow.stateMachine.stateMachineArn],
+      ['RedriveFunctionName', redriveFn.functionName],
+    ] as const) {
+      new CfnOutput(this, id, { value });
+    }
+
     acknowledgeNagFindings(this, props.stage, {
       invokedFunctions: [migrateFn, steps, projector],
-      routes: [['GET', '/*'], ['POST', '/streams/*'], ['POST', '/orders/*'], ['POST', '/projections/*']],
+      routes: [['GET', '/*'], ['POST', '/streams/*'], ['POST', '/orders/*'], ['POST', '/projections/*'], ['DELETE', '/projections/*']],
       api: this.api,
     });
 

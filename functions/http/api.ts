@@ -8,6 +8,7 @@ import type { Log } from '../core/log.ts';
 import { resolveReadTarget } from '../core/projections/ensure.ts';
 import { projectionsOverview } from '../core/projections/overview.ts';
 import { ProjectionNotFoundError } from '../core/rebuild/errors.ts';
+import { cancelRebuild } from '../core/rebuild/cancel.ts';
 import { getRebuildProgress } from '../core/rebuild/progress.ts';
 import type { RebuildStarter } from '../core/rebuild/starter.ts';
 import { ident } from '../core/sql-ident.ts';
@@ -199,6 +200,14 @@ export function createApi(deps: ApiDeps): (request: HttpRequest) => Promise<Http
     {
       pattern: /^\/projections\/([^/]+)\/rebuilds\/([^/]+)$/,
       methods: {
+        DELETE: async ({ params }) => {
+          const [name, rebuildId] = params as [string, string];
+          const definition = projectionNamed(name);
+          if (!definition) throw new ProjectionNotFoundError(name);
+          if (!isUuid(rebuildId)) throw new ValidationError([{ path: 'rebuildId', message: 'must be a UUID' }]);
+          const cancelled = await cancelRebuild(db, definition, rebuildId.toLowerCase());
+          return { status: 200, body: { rebuildId: cancelled.rebuild_id, projection: name, phase: cancelled.phase === 'cancelled' ? 'failed' : cancelled.phase, error: cancelled.error } };
+        },
         GET: async ({ params }) => {
           const [name, rebuildId] = params as [string, string];
           if (!projectionNamed(name)) throw new ProjectionNotFoundError(name);

@@ -1,4 +1,4 @@
-import { resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 
 /** Local-stack configuration, parsed once from the environment; a bad value fails loudly. */
 export interface LocalConfig {
@@ -16,6 +16,16 @@ export interface LocalConfig {
   sqsPort: number;
   /** How often the async projector runs, in milliseconds. */
   projectorIntervalMs: number;
+  /** Where the local SQS keeps its queues between runs. */
+  sqsDataDir: string;
+  /** Ingest queue: visibility timeout (seconds) and receives before a message goes to the DLQ. */
+  ingestVisibilitySeconds: number;
+  ingestMaxReceives: number;
+  /**
+   * Fault injection for drills and tests: observation types the local consumer refuses, as a
+   * consumer that does not handle a new type yet would. Restarting without it is "the fix".
+   */
+  ingestRejectTypes: string[];
 }
 
 export function loadLocalConfig(env: NodeJS.ProcessEnv = process.env): LocalConfig {
@@ -33,7 +43,18 @@ export function loadLocalConfig(env: NodeJS.ProcessEnv = process.env): LocalConf
     postgresPort,
     sqsPort,
     projectorIntervalMs,
+    sqsDataDir: resolve(env.LEDGERLINE_SQS_DATA_DIR ?? join(dirname(resolve(env.LEDGERLINE_DATA_DIR ?? '.data/postgres')), 'sqs')),
+    ingestVisibilitySeconds: positiveInt(env, 'LEDGERLINE_INGEST_VISIBILITY_SECONDS', 5),
+    ingestMaxReceives: positiveInt(env, 'LEDGERLINE_INGEST_MAX_RECEIVES', 5),
+    ingestRejectTypes: (env.LEDGERLINE_INGEST_REJECT_TYPES ?? '').split(',').map((t) => t.trim()).filter(Boolean),
   };
+}
+
+function positiveInt(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = env[name];
+  const n = raw === undefined || raw === '' ? fallback : Number(raw);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${name} must be a positive integer, got ${raw}`);
+  return n;
 }
 
 function tcpPort(env: NodeJS.ProcessEnv, name: string, fallback: number): number {

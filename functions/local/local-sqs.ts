@@ -1,4 +1,5 @@
 import { CreateQueueCommand, GetQueueAttributesCommand, SQSClient } from '@aws-sdk/client-sqs';
+import { mkdirSync } from 'node:fs';
 import { startFauxqs } from 'fauxqs';
 
 export interface LocalSqs {
@@ -12,8 +13,9 @@ export interface LocalSqs {
 }
 
 /** SQS on loopback (fauxqs, the real SQS JSON protocol) and a client for it: the local stack's and the tests'. */
-export async function startLocalSqs(port = 0): Promise<LocalSqs> {
-  const server = await startFauxqs({ port, host: '127.0.0.1', logger: false });
+export async function startLocalSqs(port = 0, dataDir?: string): Promise<LocalSqs> {
+  if (dataDir) mkdirSync(dataDir, { recursive: true });
+  const server = await startFauxqs({ port, host: '127.0.0.1', logger: false, ...(dataDir ? { dataDir } : {}) });
   const endpoint = `http://127.0.0.1:${server.port}`;
   const sqs = new SQSClient({ endpoint, region: 'us-east-1', credentials: { accessKeyId: 'local', secretAccessKey: 'local' } });
   const queue = async (name: string, attributes: Record<string, string> = {}) => {

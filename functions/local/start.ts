@@ -37,7 +37,10 @@ async function main(): Promise<void> {
   let embedded: RunningPostgres | undefined;
   let url = config.databaseUrl;
   if (!url) {
-    if (config.fresh) rmSync(config.dataDir, { recursive: true, force: true });
+    if (config.fresh) {
+      rmSync(config.dataDir, { recursive: true, force: true });
+      rmSync(config.sqsDataDir, { recursive: true, force: true });
+    }
     embedded = await startEmbeddedPostgres({ dataDir: config.dataDir, port: config.postgresPort });
     url = embedded.url;
   }
@@ -45,16 +48,16 @@ async function main(): Promise<void> {
   const applied = await migrate(db, loadMigrations());
   for (const p of PROJECTIONS) await ensureProjection(db, p);
 
-  const localSqs = await startLocalSqs(config.sqsPort);
+  const localSqs = await startLocalSqs(config.sqsPort, config.sqsDataDir);
   const { sqs, endpoint: sqsEndpoint } = localSqs;
-  const ingest = await localSqs.queueWithDlq('ledgerline-ingest', 5, { VisibilityTimeout: '5' });
+  const ingest = await localSqs.queueWithDlq('ledgerline-ingest', config.ingestMaxReceives, { VisibilityTimeout: String(config.ingestVisibilitySeconds) });
   const ingestDlq = { url: ingest.dlqUrl };
   const failures = await localSqs.queue('ledgerline-failures');
   const poller = startSqsPoller({
     sqs,
     queueUrl: ingest.url,
     queueArn: ingest.arn,
-    handler: createIngestHandler({ db, projections: PROJECTIONS, log }),
+    handler: rejectTypes(createIngestHandler({ db, projections: PROJECTIONS, log }), config.ingestRejectTypes, log),
     onError: (error) => log.error('ingest poller', { error: String(error) }),
   });
 
@@ -90,7 +93,8 @@ async function main(): Promise<void> {
       `  api          http://127.0.0.1:${config.port}  (try: curl http://127.0.0.1:${config.port}/projections)`,
       `  database     ${redacted.toString()}${embedded ? ` (embedded PostgreSQL 16, data in ${config.dataDir})` : ''}`,
       `  migrations   ${applied.length === 0 ? 'up to date' : `applied ${applied.join(', ')}`}`,
-      `  sqs          ${sqsEndpoint}  ingest ${ingest.url}  dlq ${ingestDlq.url}  failures ${failures.url}`,
+      `  sqs          ${sqsEndpoint} (queues kept in ${config.sqsDataDir})  ingest ${ingest.url}  dlq ${ingestDlq.url}  failures ${failures.url}`,
+      ...(config.ingestRejectTypes.length > 0 ? [`  DRILL        the ingest consumer refuses ${config.ingestRejectTypes.join(', ')}`] : []),
       '  rebuilds     the CDK-synthesized state machine, run by aws-local-stepfunctions',
       `  projector    every ${config.projectorIntervalMs} ms (${PROJECTIONS.filter((p) => p.kind === 'async').map((p) => p.name).join(', ')})`,
       'ready. Ctrl-C stops everything.',
@@ -138,6 +142,23 @@ async function main(): Promise<void> {
   };
   process.on('SIGINT', () => void stop());
   process.on('SIGTERM', () => void stop());
+}
+
+/** The LEDGERLINE_INGEST_REJECT_TYPES drill: fail the records of these types, as an outdated consumer would. */
+function rejectTypes(handler: ReturnType<typeof createIngestHandler>, types: string[], log: Log): ReturnType<typeof createIngestHandler> {
+  if (types.length === 0) return handler;
+  return async (event) => {
+    const refused = event.Records.filter((r) => {
+      try {
+        return types.includes((JSON.parse(r.body) as { type?: string }).type ?? '');
+      } catch {
+        return false;
+      }
+    });
+    for (const r of refused) log.warn('observation rejected', { messageId: r.messageId, code: 'TYPE_NOT_HANDLED', reason: 'this consumer does not handle the type yet (drill)' });
+    const result = await handler({ Records: event.Records.filter((r) => !refused.includes(r)) });
+    return { batchItemFailures: [...result.batchItemFailures, ...refused.map((r) => ({ itemIdentifier: r.messageId }))] };
+  };
 }
 
 main().catch((error: unknown) => {

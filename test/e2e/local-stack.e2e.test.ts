@@ -1,60 +1,25 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startLocalStack, type LocalStack } from '../support/local-stack.ts';
 import { prng, randomOrderEvent } from '../support/orders.ts';
 
 /**
  * The local stack as a user runs it: `npm start` in a child process (embedded PostgreSQL in a fresh
  * folder, the API, the state machine runner, the projector, the SQS poller), then plain HTTP.
  */
-let child: ChildProcess;
+let stack: LocalStack;
 let base: string;
-let output = '';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
-
 beforeAll(async () => {
-  const [port, pgPort, sqsPort] = [await freePort(), await freePort(), await freePort()];
-  base = `http://127.0.0.1:${port}`;
-  const dataParent = mkdtempSync(join(tmpdir(), 'll-e2e-'));
-  chmodSync(dataParent, 0o755); // the server runs as the `postgres` OS user when the tests run as root
-  const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(port), LEDGERLINE_PG_PORT: String(pgPort), LEDGERLINE_SQS_PORT: String(sqsPort), FRESH: '1', LEDGERLINE_DATA_DIR: join(dataParent, 'pg') };
-  delete env.DATABASE_URL;
-  child = spawn('npm', ['start'], { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-  child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
-  for (let i = 0; i < 240 && !output.includes('ready.'); i++) await sleep(250);
-  if (!output.includes('ready.')) throw new Error(`the local stack did not start:\n${output}`);
+  stack = await startLocalStack();
+  base = stack.api;
 }, 90_000);
 
 afterAll(async () => {
-  if (!child || child.exitCode !== null) return;
-  // Ctrl-C, as a user would: the signal goes to the process group (npm, tsx and the stack).
-  process.kill(-child.pid!, 'SIGINT');
-  for (let i = 0; i < 80 && !output.includes('stopped'); i++) await sleep(250);
-  const clean = output.includes('stopped');
-  if (!clean) {
-    console.log(output.slice(-1500));
-    try {
-      process.kill(-child.pid!, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
+  const clean = await stack?.stop();
+  if (!clean) console.log(stack?.output().slice(-1500));
   expect(clean).toBe(true);
-}, 30_000);
+}, 40_000);
 
 async function http(method: string, path: string, body?: unknown, raw?: string) {
   const res = await fetch(`${base}${path}`, {

@@ -95,6 +95,16 @@ describe('the HTTP API', () => {
     expect(list.body.map((p: { name: string }) => p.name)).toEqual(['customer_totals', 'order_summary']);
   });
 
+  it('cancels an abandoned rebuild through DELETE, leaving the live version serving', async () => {
+    const { acquireRebuild } = await import('../../functions/core/rebuild/acquire.ts');
+    const { orderSummary } = await import('../../functions/domain/order-summary.ts');
+    const { lease } = await acquireRebuild(db, orderSummary, { owner: 'abandoned', mode: 'blue-green' });
+    const cancelled = await call('DELETE', `/projections/order_summary/rebuilds/${lease.rebuildId}`);
+    expect(cancelled).toMatchObject({ status: 200, body: { rebuildId: lease.rebuildId, phase: 'failed', error: 'cancelled' } });
+    expect((await call('GET', `/projections/order_summary/rebuilds/${lease.rebuildId}`)).body.phase).toBe('failed');
+    expect((await call('GET', '/orders/o-1')).status).toBe(200);
+  });
+
   it('answers every error with its code and status, and writes nothing', async () => {
     await call('POST', '/streams/exists/events', { events: [{ type: 'A', data: {} }] });
     const before = await tables();
