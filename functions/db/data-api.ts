@@ -12,11 +12,20 @@ import { DatabaseError } from '../core/errors.ts';
 import type { Db, Row, TransactionOptions, Tx } from './types.ts';
 
 /**
- * The RDS Data API driver (work in progress: the value and result mapping, statement rewriting and
- * error mapping are here and unit-tested; the behaviour suite over data-api-local is the Data API
- * issue's remaining work). Every call is an HTTPS request, so the Db contract's "one statement per
- * call" and "transaction-scoped state only" matter here: consecutive calls may run on different
- * connections, and a transaction is a `transactionId`.
+ * The RDS Data API driver: the same Db/Tx contract over HTTPS, for Lambdas that hold no connection
+ * and need no VPC path to the database. Every call is one HTTPS request (ExecuteStatement,
+ * BeginTransaction, CommitTransaction, RollbackTransaction), so the Db contract's "one statement per
+ * call" and "transaction-scoped state only" matter here: consecutive calls outside a transaction may
+ * run on different connections, and a transaction is a `transactionId`.
+ *
+ * - Statements inside one transaction are sent one at a time, in the order they were issued: the
+ *   core may issue independent statements together (postgres.js pipelines them on its connection),
+ *   and the Data API gives no ordering guarantee for concurrent calls on one transaction.
+ * - The client should be built with `maxAttempts: 1` (runtime.ts does): an SDK retry of an
+ *   ExecuteStatement whose response was lost could run a statement twice inside the transaction.
+ *   Retrying is the core's job, and it retries whole transactions (errors.ts says which).
+ * - Secrets: the driver passes the secret's ARN; the Data API reads the secret on each call, so a
+ *   rotated password needs no redeploy or reconnect.
  */
 export interface DataApiOptions {
   client: RDSDataClient;
@@ -49,22 +58,36 @@ export function createDataApiDb(options: DataApiOptions): Db {
     query: (text, params = []) => execute(text, params),
     async transaction<T>(fn: (tx: Tx) => Promise<T>, txOptions: TransactionOptions = {}): Promise<T> {
       let transactionId: string;
+      let queue: Promise<unknown> = Promise.resolve();
+      const inOrder = <R>(send: () => Promise<R>): Promise<R> => {
+        const next = queue.then(send, send);
+        queue = next.catch(() => undefined);
+        return next;
+      };
       try {
         transactionId = (await options.client.send(new BeginTransactionCommand({ ...arns, database: options.database }))).transactionId!;
       } catch (error) {
         throw toDataApiError(error);
       }
+      let result: T;
       try {
         if (txOptions.isolation && txOptions.isolation !== 'read committed') {
           await execute(`set transaction isolation level ${txOptions.isolation}`, [], transactionId);
         }
-        const result = await fn({ query: (text, params = []) => execute(text, params, transactionId) });
-        await options.client.send(new CommitTransactionCommand({ ...arns, transactionId }));
-        return result;
+        result = await fn({ query: (text, params = []) => inOrder(() => execute(text, params, transactionId)) });
+        await queue;
       } catch (error) {
+        // The callback's own errors (a conflict, a validation error) pass through unchanged;
+        // statement errors were already mapped by execute().
         await options.client.send(new RollbackTransactionCommand({ ...arns, transactionId })).catch(() => undefined);
-        throw error instanceof DatabaseError ? error : toDataApiError(error);
+        throw error;
       }
+      try {
+        await options.client.send(new CommitTransactionCommand({ ...arns, transactionId }));
+      } catch (error) {
+        throw toDataApiError(error);
+      }
+      return result;
     },
     async close() {},
   };
@@ -155,7 +178,21 @@ export function fromField(field: Field, typeName: string): unknown {
     return n;
   }
   if (type === 'bool') return text === 't' || text === 'true';
+  if (type === 'timestamptz' || type === 'timestamp') return parseTimestamp(text);
   return text;
+}
+
+/**
+ * The Data API returns timestamps as UTC text without a zone ("2026-11-29 10:00:00.123"); postgres.js
+ * returns a Date, and so does this driver. (data-api-local sends ISO text, already truncated to whole
+ * seconds: SQL that needs the exact time casts it to text, as append.ts does for `recorded_at`.)
+ */
+function parseTimestamp(text: string): Date {
+  const m = /^(\d{4}-\d\d-\d\d)[ T](\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d(?::?\d\d)?)?$/.exec(text);
+  if (!m) throw new RangeError(`unexpected timestamp ${JSON.stringify(text)} from the Data API`);
+  const millis = (m[3] ?? '.0').slice(0, 4).padEnd(4, '0');
+  const zone = m[4] ?? 'Z';
+  return new Date(`${m[1]}T${m[2]}${millis}${zone.length === 3 ? `${zone}:00` : zone}`);
 }
 
 /**
@@ -166,7 +203,34 @@ export function toDataApiError(error: unknown): DatabaseError {
   if (error instanceof DatabaseError) return error;
   const e = error as { name?: string; message?: string };
   const message = e?.message ?? 'Data API error';
-  const sqlState = /SQLState:\s*([0-9A-Z]{5})/.exec(message)?.[1];
+  const sqlState = /SQLState:\s*([0-9A-Z]{5})/.exec(message)?.[1] ?? sqlStateFromMessage(message);
   const constraint = /constraint "([^"]+)"/.exec(message)?.[1];
-  return new DatabaseError(message, { ...(sqlState ? { sqlState } : {}), ...(constraint ? { constraint } : {}), cause: error });
+  // The SDK error carries the whole HTTP response; keep only what explains the failure.
+  const cause = { name: e?.name, message, requestId: (error as { $metadata?: { requestId?: string } })?.$metadata?.requestId };
+  return new DatabaseError(message, { ...(sqlState ? { sqlState } : {}), ...(constraint ? { constraint } : {}), cause });
+}
+
+/**
+ * A PostgreSQL error reported without its SQLSTATE (data-api-local's messages are
+ * "ERROR: <message>\n  Position: …"; some Data API responses are too). The messages the core branches
+ * on are matched to their SQLSTATE; any other PostgreSQL error becomes XX000, a non-retryable error,
+ * never "no SQLSTATE", which the taxonomy reads as a lost connection and retries.
+ */
+const KNOWN_MESSAGES: Array<[RegExp, string]> = [
+  [/duplicate key value violates unique constraint/, '23505'],
+  [/could not serialize access/, '40001'],
+  [/deadlock detected/, '40P01'],
+  [/canceling statement due to lock timeout|could not obtain lock/, '55P03'],
+  [/canceling statement due to statement timeout/, '57014'],
+  [/idle-in-transaction timeout/, '25P03'],
+  [/relation "[^"]*" does not exist/, '42P01'],
+  [/current transaction is aborted/, '25P02'],
+  [/terminating connection due to administrator command/, '57P01'],
+];
+
+function sqlStateFromMessage(message: string): string | undefined {
+  if (!/^(ERROR|FATAL|PANIC):/.test(message)) return undefined; // not a PostgreSQL error: throttling, unavailability, network
+  for (const [pattern, sqlState] of KNOWN_MESSAGES) if (pattern.test(message)) return sqlState;
+  // An unknown ERROR is the statement's fault; an unknown FATAL or PANIC ended the connection.
+  return /^ERROR:/.test(message) ? 'XX000' : undefined;
 }

@@ -47,7 +47,7 @@ export async function acquireRebuild(db: Db, definition: ProjectionDefinition, o
           `update rebuilds
               set lease_owner = $2, fencing_token = fencing_token + 1, attempts = attempts + 1,
                   lease_expires_at = now() + make_interval(secs => $3::double precision / 1000), updated_at = now()
-            where rebuild_id = $1 and (lease_expires_at is null or lease_expires_at < now())
+            where rebuild_id = $1::uuid and (lease_expires_at is null or lease_expires_at < now())
             returning ${REBUILD_COLUMNS}`,
           [active.rebuild_id, options.owner, leaseMs],
         );
@@ -65,7 +65,7 @@ export async function acquireRebuild(db: Db, definition: ProjectionDefinition, o
       const version = mode === 'blue-green' ? newest + 1 : (live?.version ?? newest);
       const [created] = await tx.query<RebuildRow>(
         `insert into rebuilds (rebuild_id, projection, version, previous_version, mode, phase, lease_owner, lease_expires_at)
-         values ($1, $2, $3, $4, $5, 'starting', $6, now() + make_interval(secs => $7::double precision / 1000))
+         values ($1::uuid, $2, $3, $4, $5, 'starting', $6, now() + make_interval(secs => $7::double precision / 1000))
          returning ${REBUILD_COLUMNS}`,
         [randomUUID(), definition.name, version, mode === 'blue-green' ? (live?.version ?? null) : null, mode, options.owner, leaseMs],
       );

@@ -42,7 +42,7 @@ export async function catchUpAsync(
         `update rebuilds
             set checkpoint = least($2::bigint, coalesce(target_position, $2::bigint)), events_replayed = events_replayed + $3,
                 phase = case when $4 then 'draining' else phase end, updated_at = now()
-          where rebuild_id = $1`,
+          where rebuild_id = $1::uuid`,
         [lease.rebuildId, batch.checkpoint, step === 'replay' ? batch.applied : 0, step === 'replay' && caughtUp],
       );
     });

@@ -27,7 +27,7 @@ export async function cancelRebuild(
       await setRebuildTimeouts(tx, lockTimeoutMs);
       await tx.query(`select pg_advisory_xact_lock(${LOCK_KEY_SQL('$1::text')})`, [definition.name]);
       const [rebuild] = await tx.query<RebuildRow>(
-        `select ${REBUILD_COLUMNS} from rebuilds where rebuild_id = $1 and projection = $2 for update`,
+        `select ${REBUILD_COLUMNS} from rebuilds where rebuild_id = $1::uuid and projection = $2 for update`,
         [rebuildId, definition.name],
       );
       if (!rebuild) throw new RebuildNotFoundError(rebuildId);
@@ -47,7 +47,7 @@ export async function cancelRebuild(
         `update rebuilds
             set phase = 'cancelled', fencing_token = fencing_token + 1, lease_owner = null, lease_expires_at = null,
                 error = coalesce(error, 'cancelled'), finished_at = now(), updated_at = now()
-          where rebuild_id = $1
+          where rebuild_id = $1::uuid
           returning ${REBUILD_COLUMNS}`,
         [rebuildId],
       );
@@ -58,5 +58,5 @@ export async function cancelRebuild(
 
 /** Records a step's failure on the rebuild (the workflow's Catch); the lease expires and a later attempt resumes. */
 export async function recordRebuildError(db: Db, rebuildId: string, message: string): Promise<void> {
-  await db.query('update rebuilds set error = $2, updated_at = now() where rebuild_id = $1', [rebuildId, message.slice(0, 2000)]);
+  await db.query('update rebuilds set error = $2, updated_at = now() where rebuild_id = $1::uuid', [rebuildId, message.slice(0, 2000)]);
 }

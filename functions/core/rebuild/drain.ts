@@ -34,7 +34,7 @@ export async function drain(db: Db, definition: ProjectionDefinition, lease: Reb
       const row = await fence(tx, lease);
       if (row.phase !== 'draining') return { rebuild: row, drained: 0 };
       const n = await drainBatch(tx, definition, row, batchSize, options.hooks, 'drain');
-      await tx.query('update rebuilds set skips_drained = skips_drained + $2, updated_at = now() where rebuild_id = $1', [
+      await tx.query('update rebuilds set skips_drained = skips_drained + $2, updated_at = now() where rebuild_id = $1::uuid', [
         lease.rebuildId,
         n,
       ]);

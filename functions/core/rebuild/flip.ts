@@ -67,7 +67,7 @@ export async function flipRebuild(
         `update rebuilds
             set phase = 'done', skips_drained = skips_drained + $2, finished_at = now(), updated_at = now(),
                 lease_owner = null, lease_expires_at = null
-          where rebuild_id = $1`,
+          where rebuild_id = $1::uuid`,
         [lease.rebuildId, drained],
       );
       return { flipped: true, phase: 'done', skipsDrained: drained };

@@ -23,7 +23,7 @@ export const REBUILD_COLUMNS = `rebuild_id::text, projection, version, previous_
 export async function fence(tx: Tx, lease: RebuildLease): Promise<RebuildRow> {
   if (breakages.fencingPlainSelect) {
     const [row] = await tx.query<RebuildRow>(
-      `select ${REBUILD_COLUMNS} from rebuilds where rebuild_id = $1 and lease_owner = $2 and fencing_token = $3`,
+      `select ${REBUILD_COLUMNS} from rebuilds where rebuild_id = $1::uuid and lease_owner = $2 and fencing_token = $3`,
       [lease.rebuildId, lease.owner, lease.fencingToken],
     );
     if (!row) throw new FencingTokenLostError(lease.rebuildId);
@@ -32,7 +32,7 @@ export async function fence(tx: Tx, lease: RebuildLease): Promise<RebuildRow> {
   const [row] = await tx.query<RebuildRow>(
     `update rebuilds
         set lease_expires_at = now() + make_interval(secs => $4::double precision / 1000), updated_at = now()
-      where rebuild_id = $1 and lease_owner = $2 and fencing_token = $3
+      where rebuild_id = $1::uuid and lease_owner = $2 and fencing_token = $3
       returning ${REBUILD_COLUMNS}`,
     [lease.rebuildId, lease.owner, lease.fencingToken, lease.leaseMs],
   );

@@ -26,7 +26,7 @@ export async function getRebuildProgress(q: Queryable, projection: string, rebui
   const [row] = await q.query<RebuildRow & { skips_pending: number }>(
     `select ${REBUILD_COLUMNS},
             (select count(*) from projection_skips s where s.projection = r.projection and s.version = r.version)::bigint as skips_pending
-       from rebuilds r where rebuild_id = $1 and projection = $2`,
+       from rebuilds r where rebuild_id = $1::uuid and projection = $2`,
     [rebuildId, projection],
   );
   if (!row) throw new RebuildNotFoundError(rebuildId);

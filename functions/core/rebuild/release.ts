@@ -11,7 +11,7 @@ import { RebuildNotFoundError } from './errors.ts';
 export async function releaseRebuild(db: Db, definition: ProjectionDefinition, rebuildId: string): Promise<void> {
   await db.transaction(async (tx) => {
     const [rebuild] = await tx.query<{ phase: string; mode: string; previous_version: number | null }>(
-      'select phase, mode, previous_version from rebuilds where rebuild_id = $1 and projection = $2',
+      'select phase, mode, previous_version from rebuilds where rebuild_id = $1::uuid and projection = $2',
       [rebuildId, definition.name],
     );
     if (!rebuild) throw new RebuildNotFoundError(rebuildId);

@@ -59,7 +59,7 @@ export async function replay(db: Db, definition: ProjectionDefinition, lease: Re
       const phase = checkpoint >= target ? 'draining' : 'replaying';
       await tx.query(
         `update rebuilds set checkpoint = $2, events_replayed = events_replayed + $3, phase = $4, updated_at = now()
-          where rebuild_id = $1`,
+          where rebuild_id = $1::uuid`,
         [lease.rebuildId, checkpoint, events.length, phase],
       );
       return summary({ ...rebuild, checkpoint, events_replayed: rebuild.events_replayed + events.length }, phase);

@@ -62,7 +62,7 @@ export async function startRebuild(
         `update rebuilds
             set phase = 'replaying', checkpoint = 0, events_replayed = 0, skips_drained = 0, updated_at = now(),
                 target_position = (select coalesce(max(global_position), 0) from events)
-          where rebuild_id = $1
+          where rebuild_id = $1::uuid
           returning rebuild_id::text, phase, target_position, version, checkpoint`,
         [lease.rebuildId],
       );
