@@ -23,6 +23,15 @@ export interface LedgerlineStackProps extends StackProps {
   asyncLagAlarm?: number;
   /** Rebuild loop turns per execution before it continues as a new one (default 200). */
   rebuildMaxIterations?: number;
+  /**
+   * How the Lambdas reach Aurora (default `data-api`):
+   * - `data-api`: the RDS Data API over HTTPS. The Lambdas run outside the VPC and hold no
+   *   connections, so a burst of 500 concurrent Lambdas cannot exhaust the database's connections,
+   *   and the password never enters a Lambda. Each statement is an HTTPS call (README: calls per append).
+   * - `rds-proxy`: postgres.js through RDS Proxy, from inside the VPC (interface endpoints, no NAT).
+   *   Fewer, cheaper round trips per append; the proxy pools connections across Lambdas.
+   */
+  dbDriver?: 'data-api' | 'rds-proxy';
 }
 
 export const INGEST_MAX_RECEIVE_COUNT = 5;
@@ -44,41 +53,57 @@ export class LedgerlineStack extends Stack {
 
   constructor(scope: Construct, id: string, props: LedgerlineStackProps) {
     super(scope, id, props);
+    const driver = props.dbDriver ?? 'data-api';
     const vpc = new ec2.Vpc(this, 'Vpc', {
       maxAzs: 2,
       natGateways: 0,
       subnetConfiguration: [{ name: 'isolated', subnetType: ec2.SubnetType.PRIVATE_ISOLATED, cidrMask: 24 }],
       flowLogs: { all: { trafficType: ec2.FlowLogTrafficType.REJECT } },
     });
-    // No NAT: the Lambdas reach AWS APIs through interface endpoints only.
-    for (const [name, service] of [
-      ['SecretsManager', ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER],
-      ['StepFunctions', ec2.InterfaceVpcEndpointAwsService.STEP_FUNCTIONS],
-      ['Sqs', ec2.InterfaceVpcEndpointAwsService.SQS],
-      ['Lambda', ec2.InterfaceVpcEndpointAwsService.LAMBDA],
-    ] as const) {
-      vpc.addInterfaceEndpoint(name, { service, privateDnsEnabled: true });
-    }
     this.database = new Database(this, 'Database', { vpc, retain: props.stage === 'prod' });
     const cluster = this.database.cluster;
-    const lambdaSg = new ec2.SecurityGroup(this, 'LambdaSg', { vpc, description: 'ledgerline Lambdas', allowAllOutbound: true });
-    cluster.connections.allowDefaultPortFrom(lambdaSg, 'Lambdas to Aurora');
-    const dbEnv = {
-      DB_SECRET_ARN: cluster.secret!.secretArn,
-      DB_HOST: cluster.clusterEndpoint.hostname,
-      DB_PORT: cluster.clusterEndpoint.port.toString(),
-      DB_NAME: this.database.databaseName,
-    };
+    let dbEnv: Record<string, string>;
+    let network: { vpc: ec2.IVpc; securityGroup: ec2.ISecurityGroup } | undefined;
+    let grantDb: (f: lambda.IFunction) => void;
+    if (driver === 'data-api') {
+      dbEnv = { DB_DRIVER: 'data-api', DB_CLUSTER_ARN: cluster.clusterArn, DB_SECRET_ARN: cluster.secret!.secretArn, DB_NAME: this.database.databaseName };
+      // rds-data statements on this cluster, and read access to its secret (which the Data API uses on the caller's behalf).
+      grantDb = (f) => cluster.grantDataApiAccess(f);
+    } else {
+      // No NAT: the Lambdas in the VPC reach AWS APIs through interface endpoints only.
+      for (const [name, service] of [
+        ['SecretsManager', ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER],
+        ['StepFunctions', ec2.InterfaceVpcEndpointAwsService.STEP_FUNCTIONS],
+        ['Sqs', ec2.InterfaceVpcEndpointAwsService.SQS],
+        ['Lambda', ec2.InterfaceVpcEndpointAwsService.LAMBDA],
+      ] as const) {
+        vpc.addInterfaceEndpoint(name, { service, privateDnsEnabled: true });
+      }
+      const lambdaSg = new ec2.SecurityGroup(this, 'LambdaSg', { vpc, description: 'ledgerline Lambdas', allowAllOutbound: true });
+      const proxy = cluster.addProxy('Proxy', {
+        secrets: [cluster.secret!],
+        vpc,
+        vpcSubnets: { subnetType: ec2.SubnetType.PRIVATE_ISOLATED },
+        requireTLS: true,
+        // Appends hold a connection for one short transaction; let the proxy share it across Lambdas.
+        maxConnectionsPercent: 90,
+        borrowTimeout: Duration.seconds(10),
+      });
+      proxy.connections.allowFrom(lambdaSg, ec2.Port.tcp(5432), 'Lambdas to RDS Proxy');
+      cluster.connections.allowDefaultPortFrom(proxy, 'RDS Proxy to Aurora');
+      network = { vpc, securityGroup: lambdaSg };
+      dbEnv = { DB_DRIVER: 'postgres', DB_SECRET_ARN: cluster.secret!.secretArn, DB_HOST: proxy.endpoint, DB_PORT: '5432', DB_NAME: this.database.databaseName };
+      grantDb = (f) => cluster.secret!.grantRead(f);
+    }
     const fn = (id: string, entry: string, extra: Partial<Parameters<typeof nodeFunction>[2]> & { database?: boolean } = {}) => {
       const usesDb = extra.database ?? true;
       const f = nodeFunction(this, id, {
         ...extra,
         entry,
-        vpc,
-        securityGroup: lambdaSg,
+        ...(network ? { network } : {}),
         environment: { ...(usesDb ? dbEnv : {}), ...(extra.environment ?? {}) },
       });
-      if (usesDb) cluster.secret!.grantRead(f);
+      if (usesDb) grantDb(f);
       return f;
     };
 
@@ -237,6 +262,7 @@ export class LedgerlineStack extends Stack {
 
     acknowledgeNagFindings(this, props.stage, {
       invokedFunctions: [migrateFn, steps, projector],
+      driver,
       routes: [['GET', '/*'], ['POST', '/streams/*'], ['POST', '/orders/*'], ['POST', '/projections/*'], ['DELETE', '/projections/*']],
       api: this.api,
     });
@@ -263,14 +289,20 @@ export class LedgerlineStack extends Stack {
 function acknowledgeNagFindings(
   stack: Stack,
   stage: string,
-  scoped: { invokedFunctions: lambda.IFunction[]; routes: Array<[string, string]>; api: apigw.RestApi },
+  scoped: { invokedFunctions: lambda.IFunction[]; routes: Array<[string, string]>; api: apigw.RestApi; driver: 'data-api' | 'rds-proxy' },
 ): void {
   const ack = (id: string, reason: string) => Validations.of(stack).acknowledge({ id, reason });
   const logicalId = (c: { node: { defaultChild?: unknown } }) => stack.getLogicalId(c.node.defaultChild as CfnElement);
-  ack('AwsSolutions-EC23', 'The interface endpoints admit HTTPS from the VPC CIDR only; the rule cannot read the CIDR token.');
-  ack('AwsSolutions-SMG4', 'Rotation waits for the Data API driver, which reads the secret per call; the postgres.js pool caches the password for the container.');
+  if (scoped.driver === 'rds-proxy') {
+    ack('AwsSolutions-EC23', 'The interface endpoints admit HTTPS from the VPC CIDR only; the rule cannot read the CIDR token.');
+  }
+  ack(
+    'AwsSolutions-SMG4',
+    'Rotation needs a rotation Lambda that reaches Secrets Manager and the cluster from the isolated subnets (an endpoint or NAT this stack does not pay for by default). The Data API driver reads the secret per call, so enabling it later needs no code change.',
+  );
   if (stage !== 'prod') ack('AwsSolutions-RDS10', 'Deletion protection is on for prod only; other stages are disposable.');
-  for (const policy of ['AWSLambdaBasicExecutionRole', 'AWSLambdaVPCAccessExecutionRole', 'AmazonAPIGatewayPushToCloudWatchLogs']) {
+  const managed = ['AWSLambdaBasicExecutionRole', 'AmazonAPIGatewayPushToCloudWatchLogs', ...(scoped.driver === 'rds-proxy' ? ['AWSLambdaVPCAccessExecutionRole'] : [])];
+  for (const policy of managed) {
     ack(
       `AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/${policy}]`,
       'The minimal AWS-managed policies for Lambda logs and VPC network interfaces, and API Gateway access logging.',

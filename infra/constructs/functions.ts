@@ -11,8 +11,8 @@ export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 export interface FunctionProps {
   entry: string;
-  vpc: ec2.IVpc;
-  securityGroup: ec2.ISecurityGroup;
+  /** In the VPC beside the database (the postgres.js driver through RDS Proxy); absent with the Data API. */
+  network?: { vpc: ec2.IVpc; securityGroup: ec2.ISecurityGroup };
   environment: Record<string, string>;
   timeout?: Duration;
   memorySize?: number;
@@ -22,7 +22,7 @@ export interface FunctionProps {
 
 /**
  * Every Lambda of the product the same way: Node.js 22 on arm64, an ESM bundle built by esbuild (no
- * Docker), in the VPC's isolated subnets beside the database, logs kept a month.
+ * Docker), logs kept a month; in the VPC's isolated subnets only when it opens database connections.
  */
 export function nodeFunction(scope: Construct, id: string, props: FunctionProps): nodejs.NodejsFunction {
   return new nodejs.NodejsFunction(scope, id, {
@@ -32,9 +32,9 @@ export function nodeFunction(scope: Construct, id: string, props: FunctionProps)
     architecture: lambda.Architecture.ARM_64,
     timeout: props.timeout ?? Duration.seconds(30),
     memorySize: props.memorySize ?? 512,
-    vpc: props.vpc,
-    vpcSubnets: { subnets: props.vpc.isolatedSubnets },
-    securityGroups: [props.securityGroup],
+    ...(props.network
+      ? { vpc: props.network.vpc, vpcSubnets: { subnets: props.network.vpc.isolatedSubnets }, securityGroups: [props.network.securityGroup] }
+      : {}),
     environment: { NODE_OPTIONS: '--enable-source-maps', ...props.environment },
     tracing: lambda.Tracing.ACTIVE,
     logGroup: new logs.LogGroup(scope, `${id}Logs`, { retention: logs.RetentionDays.ONE_MONTH }),

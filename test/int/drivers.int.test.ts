@@ -5,6 +5,7 @@ import { DatabaseError, DuplicateEventIdError, WrongExpectedVersionError } from 
 import { appendToStream, readAll, readStream } from '../../functions/core/event-store/index.ts';
 import { ensureProjection, resolveReadTarget } from '../../functions/core/projections/ensure.ts';
 import { countSkips } from '../../functions/core/rebuild/index.ts';
+import { loadRuntimeConfig, runtimeDb } from '../../functions/db/runtime.ts';
 import type { Db } from '../../functions/db/types.ts';
 import { customerTotals, readCustomerTotals } from '../../functions/domain/customer-totals.ts';
 import { orderSummary } from '../../functions/domain/order-summary.ts';
@@ -223,5 +224,71 @@ describe.each(DRIVERS)('over $name', (driver) => {
       const expected = foldCustomerTotals(await committedEvents(db));
       expect(await readCustomerTotals(db, table)).toEqual(expected);
     });
+  });
+});
+
+describe('Data API calls per operation (the figures in the README)', () => {
+  it('costs 6 calls per append with one live inline projection, 7 with caller-chosen ids, and 8 per replay batch', async () => {
+    const t = await createTestDatabase();
+    const api = await startLocalDataApi(t.url);
+    try {
+      for (const p of PROJECTIONS) await ensureProjection(api.db, p);
+      const count = async (run: () => Promise<unknown>) => {
+        api.calls.clear();
+        await run();
+        return Object.fromEntries(api.calls);
+      };
+      await api.db.transaction((tx) => appendToStream(tx, 'order-rt-0', [created('rt-0')], { projections: PROJECTIONS }));
+      const plain = await count(() => api.db.transaction((tx) => appendToStream(tx, 'order-rt-1', [{ type: 'OrderCreated', data: created('rt-1').data }], { projections: PROJECTIONS })));
+      expect(plain).toEqual({ BeginTransaction: 1, ExecuteStatement: 4, CommitTransaction: 1 });
+      const withIds = await count(() => api.db.transaction((tx) => appendToStream(tx, 'order-rt-2', [created('rt-2')], { projections: PROJECTIONS })));
+      expect(withIds).toEqual({ BeginTransaction: 1, ExecuteStatement: 5, CommitTransaction: 1 });
+      const step = createRebuildStepHandler({ db: api.db, batchSize: 1000 });
+      let state: RebuildInput = await step({ step: 'acquire', state: { projection: 'order_summary', mode: 'in-place' } });
+      state = await step({ step: 'start', state });
+      const batch = await count(async () => {
+        state = await step({ step: 'replay', state });
+      });
+      expect(state.done).toBe(true); // one batch: the whole replay
+      expect(batch).toEqual({ BeginTransaction: 1, ExecuteStatement: 6, CommitTransaction: 1 });
+    } finally {
+      await api.stop();
+      await t.drop();
+    }
+  });
+});
+
+describe('driver choice by configuration', () => {
+  it('refuses an incomplete or unknown configuration at start', () => {
+    expect(() => loadRuntimeConfig({ DB_DRIVER: 'mysql' })).toThrow(/DB_DRIVER/);
+    expect(() => loadRuntimeConfig({ DB_DRIVER: 'data-api', DB_CLUSTER_ARN: 'arn:x' })).toThrow(/DB_SECRET_ARN/);
+    expect(() => loadRuntimeConfig({})).toThrow(/DATABASE_URL/);
+    expect(loadRuntimeConfig({ DATABASE_URL: 'postgres://x@127.0.0.1/db' })).toMatchObject({ kind: 'url' });
+  });
+
+  it("runs a Lambda's runtime Db over the Data API when DB_DRIVER=data-api", async () => {
+    const t = await createTestDatabase();
+    const api = await startLocalDataApi(t.url);
+    const saved = { ...process.env };
+    try {
+      // The SDK's default chain reads the region and credentials from the environment, as in Lambda.
+      Object.assign(process.env, { AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'local', AWS_SECRET_ACCESS_KEY: 'local' });
+      const config = loadRuntimeConfig({
+        DB_DRIVER: 'data-api',
+        DB_CLUSTER_ARN: 'arn:aws:rds:us-east-1:123456789012:cluster:local',
+        DB_SECRET_ARN: 'arn:aws:secretsmanager:us-east-1:123456789012:secret:local',
+        DB_NAME: t.name,
+        DATA_API_ENDPOINT: api.endpoint,
+      });
+      expect(config.kind).toBe('data-api');
+      const db = runtimeDb(config);
+      // The configuration names no host and no URL: the endpoint is the only way to the database.
+      await db.transaction((tx) => appendToStream(tx, 'cfg-1', [created('cfg-1')]));
+      expect((await readStream(db, 'cfg-1')).version).toBe(1);
+    } finally {
+      process.env = saved;
+      await api.stop();
+      await t.drop();
+    }
   });
 });

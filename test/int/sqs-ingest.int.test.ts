@@ -171,7 +171,7 @@ describe('the SQS ingest path', () => {
     });
     const result = await handler({ Records: [record('m1', body), record('m2', '{')] }, { awsRequestId: 'req-1', functionName: 'ingest' } as never);
     expect(result).toEqual({ batchItemFailures: [{ itemIdentifier: 'm2' }] });
-    const [row] = await db.query<{ n: number }>('select count(*)::int as n from events where event_id = $1', [id]);
+    const [row] = await db.query<{ n: number }>('select count(*)::int as n from events where event_id = $1::uuid', [id]);
     expect(row!.n).toBe(1);
   });
 });

@@ -15,6 +15,7 @@ const { dataApiLocal } = createRequire(import.meta.url)('data-api-local') as {
 
 export interface LocalDataApi {
   db: Db;
+  endpoint: string;
   /** Data API calls made so far, by command (ExecuteStatement, BeginTransaction, …). */
   calls: Map<string, number>;
   totalCalls(): number;
@@ -64,6 +65,7 @@ export async function startLocalDataApi(databaseUrl: string): Promise<LocalDataA
   });
   return {
     db,
+    endpoint: `http://127.0.0.1:${port}`,
     calls,
     totalCalls: () => [...calls.values()].reduce((a, b) => a + b, 0),
     async stop() {

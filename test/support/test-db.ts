@@ -4,6 +4,7 @@ import { migrate } from '../../functions/db/migrate.ts';
 import { loadMigrations } from '../../functions/db/migrations-dir.ts';
 import { createPostgresDb } from '../../functions/db/postgres.ts';
 import type { Db } from '../../functions/db/types.ts';
+import { startLocalDataApi, type LocalDataApi } from './data-api-local.ts';
 
 export interface TestDatabase {
   db: Db;
@@ -41,14 +42,22 @@ export async function createTestDatabase(options: { migrated?: boolean; max?: nu
     pools.push(db);
     return db;
   };
-  const db = connect(options.max ?? 20);
+  let db = connect(options.max ?? 20);
   if (options.migrated !== false) await migrate(db, loadMigrations());
+  // LEDGERLINE_TEST_DRIVER=data-api runs a whole test file's main Db over the Data API stand-in
+  // (a wider net than drivers.int.test.ts, for hunting Data API incompatibilities by hand).
+  let api: LocalDataApi | undefined;
+  if (process.env.LEDGERLINE_TEST_DRIVER === 'data-api') {
+    api = await startLocalDataApi(url);
+    db = api.db;
+  }
   return {
     db,
     url,
     name,
     connect,
     async drop() {
+      await api?.stop();
       await Promise.all(pools.map((p) => p.close()));
       const adminDb = createPostgresDb({ url: serverUrl(), max: 1 });
       try {

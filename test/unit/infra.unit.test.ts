@@ -4,9 +4,9 @@ import { describe, expect, it } from 'vitest';
 import { INGEST_MAX_RECEIVE_COUNT, LedgerlineStack } from '../../infra/ledgerline-stack.ts';
 
 /** Synthesis without bundling (the template is what is tested; `npx cdk synth` bundles for real). */
-function template(stage: string): Template {
+function template(stage: string, dbDriver?: 'data-api' | 'rds-proxy'): Template {
   const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
-  return Template.fromStack(new LedgerlineStack(app, `ledgerline-${stage}`, { stage }));
+  return Template.fromStack(new LedgerlineStack(app, `ledgerline-${stage}`, { stage, ...(dbDriver ? { dbDriver } : {}) }));
 }
 
 const dev = template('dev');
@@ -38,15 +38,44 @@ describe('the CDK stack', () => {
     dev.hasResource('AWS::RDS::DBCluster', { DeletionPolicy: 'Delete', Properties: Match.objectLike({ DeletionProtection: false }) });
   });
 
-  it('runs every function on Node.js 22, arm64, in the VPC', () => {
-    const functions = Object.values(dev.findResources('AWS::Lambda::Function')) as Array<{ Properties: Record<string, any> }>;
-    const ours = functions.filter((f) => f.Properties.Environment?.Variables?.NODE_OPTIONS === '--enable-source-maps');
+  const ourFunctions = (t: Template) =>
+    (Object.values(t.findResources('AWS::Lambda::Function')) as Array<{ Properties: Record<string, any> }>).filter(
+      (f) => f.Properties.Environment?.Variables?.NODE_OPTIONS === '--enable-source-maps',
+    );
+
+  it('wires the Data API by default: functions on Node.js 22, arm64, outside the VPC, with rds-data on the cluster only', () => {
+    const ours = ourFunctions(dev);
     expect(ours.length).toBe(6); // api, rebuild steps, projector, ingest, redrive, migrations
-    expect(ours.filter((f) => f.Properties.Environment.Variables.DB_SECRET_ARN)).toHaveLength(5); // not the redrive
+    const withDb = ours.filter((f) => f.Properties.Environment.Variables.DB_DRIVER);
+    expect(withDb).toHaveLength(5); // not the redrive
+    for (const f of withDb) {
+      expect(f.Properties.Environment.Variables).toMatchObject({ DB_DRIVER: 'data-api', DB_CLUSTER_ARN: expect.anything(), DB_SECRET_ARN: expect.anything(), DB_NAME: 'ledgerline' });
+      expect(f.Properties.Environment.Variables.DB_HOST).toBeUndefined();
+    }
     for (const f of ours) {
       expect(f.Properties).toMatchObject({ Runtime: 'nodejs22.x', Architectures: ['arm64'] });
+      expect(f.Properties.VpcConfig).toBeUndefined();
+    }
+    dev.hasResourceProperties('AWS::RDS::DBCluster', { EnableHttpEndpoint: true });
+    dev.resourceCountIs('AWS::RDS::DBProxy', 0);
+    dev.resourceCountIs('AWS::EC2::VPCEndpoint', 0);
+    const policies = JSON.stringify(Object.values(dev.findResources('AWS::IAM::Policy')).map((p) => (p as { Properties: { PolicyDocument: unknown } }).Properties.PolicyDocument));
+    expect(policies).toContain('rds-data:ExecuteStatement');
+    expect(policies).toContain('rds-data:BeginTransaction');
+  });
+
+  it('can wire postgres.js through RDS Proxy instead: functions in the VPC, TLS required, no Data API grants', () => {
+    const proxied = template('dev', 'rds-proxy');
+    const withDb = ourFunctions(proxied).filter((f) => f.Properties.Environment.Variables.DB_DRIVER);
+    expect(withDb).toHaveLength(5);
+    for (const f of withDb) {
+      expect(f.Properties.Environment.Variables).toMatchObject({ DB_DRIVER: 'postgres', DB_HOST: expect.anything(), DB_SECRET_ARN: expect.anything() });
       expect(f.Properties.VpcConfig).toBeDefined();
     }
+    proxied.hasResourceProperties('AWS::RDS::DBProxy', { RequireTLS: true, EngineFamily: 'POSTGRESQL' });
+    proxied.resourceCountIs('AWS::EC2::VPCEndpoint', 4);
+    const policies = JSON.stringify(Object.values(proxied.findResources('AWS::IAM::Policy')).map((p) => (p as { Properties: { PolicyDocument: unknown } }).Properties.PolicyDocument));
+    expect(policies).not.toContain('rds-data:');
   });
 
   it('gives every queue a DLQ with an explicit receive count and retention, and consumes with per-record failures', () => {

@@ -7,11 +7,15 @@ import { describe, expect, it } from 'vitest';
 import { LedgerlineStack } from '../../infra/ledgerline-stack.ts';
 
 describe('cdk-nag AwsSolutions', () => {
-  it.each(['dev', 'prod'])('finds nothing unacknowledged in the %s stack', (stage) => {
+  it.each([
+    ['dev', 'data-api'],
+    ['prod', 'data-api'],
+    ['dev', 'rds-proxy'],
+  ] as const)('finds nothing unacknowledged in the %s stack over %s', (stage, dbDriver) => {
     const outdir = mkdtempSync(join(tmpdir(), 'nag-'));
     const app = new App({ outdir, context: { 'aws:cdk:bundling-stacks': [] } });
     Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
-    new LedgerlineStack(app, `ledgerline-${stage}`, { stage });
+    new LedgerlineStack(app, `ledgerline-${stage}`, { stage, dbDriver });
     let error: unknown;
     try {
       app.synth();
