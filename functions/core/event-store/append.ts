@@ -22,7 +22,10 @@ export const APPEND_TIMEOUTS = {
  * the transaction's connection (one round trip), the Data API driver sends them one after the
  * other. The server runs them in order, each with a snapshot taken when it starts.
  * 1. Transaction-local timeouts (so no append holds its locks for long) and the shared advisory
- *    locks of the inline projections these events feed (projections/inline.ts).
+ *    locks of the inline projections these events feed (projections/inline.ts). The timeouts bound
+ *    every later statement and every idle moment, i.e. everything done while holding the locks; the
+ *    wait for the locks themselves holds nothing, and ends when a Start or Flip (short transactions
+ *    with their own lock and idle timeouts) does.
  * 2. Lock the stream row (created at version 0 when new), and read the projection versions' states.
  *    The row lock serialises appends to one stream: the expected-version check compares against a
  *    version no one else can change before we commit, and a concurrent retry of the same events
