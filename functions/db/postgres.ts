@@ -16,6 +16,8 @@ interface Slot {
   client: Client;
   /** Bumped every time the slot's connection closes. */
   generation: number;
+  /** The connection closed since the client was made: replace the client before the next use. */
+  dirty: boolean;
 }
 
 /**
@@ -48,12 +50,12 @@ export function createPostgresDb(options: PostgresDbOptions): Db {
   let closing = false;
   const all: Slot[] = [];
 
-  const newSlot = (): Slot => {
-    const slot = { generation: 0 } as Slot;
-    slot.client = postgres(options.url, {
+  const newClient = (slot: Slot): Client =>
+    postgres(options.url, {
       max: 1,
       onclose: () => {
         slot.generation += 1;
+        slot.dirty = true;
       },
       prepare: true,
       onnotice: () => {},
@@ -80,13 +82,30 @@ export function createPostgresDb(options: PostgresDbOptions): Db {
         },
       },
     }) as unknown as Client;
+  const newSlot = (): Slot => {
+    const slot = { generation: 0, dirty: false } as Slot;
+    slot.client = newClient(slot);
+    return slot;
+  };
+  /**
+   * A client whose connection closed with statements in flight (several, when they were pipelined)
+   * may deliver that connection's last error to the next statement it runs, on its new connection
+   * (postgres.js 3.4.9; test/int/postgres-driver.int.test.ts). A fresh client per connection loss
+   * keeps one transaction's failure from surfacing in the next.
+   */
+  const fresh = (slot: Slot): Slot => {
+    if (!slot.dirty) return slot;
+    const old = slot.client;
+    void old.end({ timeout: 0 }).catch(() => undefined);
+    slot.client = newClient(slot);
+    slot.dirty = false;
     return slot;
   };
 
   async function acquire(): Promise<Slot> {
     if (closing) throw new DatabaseError('the database pool is closed');
     const slot = idle.pop();
-    if (slot) return slot;
+    if (slot) return fresh(slot);
     if (all.length < max) {
       const fresh = newSlot();
       all.push(fresh);
@@ -97,7 +116,7 @@ export function createPostgresDb(options: PostgresDbOptions): Db {
 
   function release(slot: Slot): void {
     const next = waiters.shift();
-    if (next) next(slot);
+    if (next) next(fresh(slot));
     else idle.push(slot);
   }
 
@@ -134,9 +153,19 @@ export function createPostgresDb(options: PostgresDbOptions): Db {
             );
       try {
         generation = slot.generation;
-        await run(client, `begin isolation level ${txOptions.isolation ?? 'read committed'}`, []);
+        // BEGIN is not awaited: the callback's first statements are written behind it in the same
+        // packet (postgres.js coalesces what is sent in one tick), saving a round trip per
+        // transaction. Safe because BEGIN on an open connection cannot fail but with the
+        // connection, and then every statement behind it fails too; it is awaited before COMMIT.
+        const began = run(client, `begin isolation level ${txOptions.isolation ?? 'read committed'}`, []);
+        began.catch(() => undefined);
         const tx: Tx = { query: (text, params = []) => onSameConnection(() => run(client, text, params)) };
-        const result = await fn(tx);
+        let result: T;
+        try {
+          result = await fn(tx);
+        } finally {
+          await began;
+        }
         await onSameConnection(() => run(client, 'commit', []));
         return result;
       } catch (error) {

@@ -76,6 +76,26 @@ describe('the postgres.js driver when the server terminates a connection', () =>
     await poolStillServes();
   });
 
+  it('does not hand the error of a connection lost with pipelined statements to the next statement', async () => {
+    // One slot, so the next statement runs on the same pooled client. postgres.js 3.4.9 delivered
+    // the dead connection's FATAL error to the next query on its new connection; the driver now
+    // replaces a client whose connection closed.
+    const single = t.connect(1);
+    for (let round = 0; round < 3; round++) {
+      const running = single
+        .transaction(async (tx) => {
+          const both = await Promise.allSettled([tx.query(`select pg_sleep(5), 'piped-${round}'`), tx.query('select 2')]);
+          const failed = both.find((b) => b.status === 'rejected');
+          if (failed) throw failed.reason;
+        })
+        .then(() => undefined, (e: unknown) => e);
+      await sleep(150);
+      expect(await terminate(`piped-${round}`)).toBe(1);
+      expect(await running).toBeInstanceOf(DatabaseError);
+      expect((await single.query<{ n: number }>('select 1 as n'))[0]!.n).toBe(1);
+    }
+  });
+
   it('fails a transaction ended by idle_in_transaction_session_timeout and keeps serving', async () => {
     const error = await db
       .transaction(async (tx) => {

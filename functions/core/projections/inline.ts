@@ -15,7 +15,7 @@ export interface InlineVersionState {
  * Step 2, the shared transaction-level advisory lock of every inline projection the append feeds,
  * is taken in the append's FIRST statement (with its transaction-local timeouts).
  *
- * Step 3, the versions' states, is read in a LATER statement (the one that locks the stream row).
+ * Step 3, the versions' states, is read in a LATER statement (the one that inserts the events).
  * A READ COMMITTED statement reads with a snapshot taken when it starts. If the state were read in
  * the statement that waits for the lock, an append queued behind a rebuild's Start (or Flip) would
  * wake up holding a state from before that transaction committed, skip nothing, and its event would
@@ -29,22 +29,11 @@ export interface InlineVersionState {
  * records its replay target, so replay covers it.
  *
  * Step 5: a `rebuilding` version gets one skip row per event, written by the insert statement
- * itself (so the skip row exists iff the event commits); a `live` version applies the events here.
+ * itself from the states it read (so the skip row exists iff the event commits); a `live` version
+ * applies the events here.
  */
 export function lockKeysParam(names: readonly string[]): string {
   return JSON.stringify([...names].sort());
-}
-
-/** The rebuilding versions as the insert statement takes them: name, version and handled types. */
-export function skipTargets(projections: readonly ProjectionDefinition[], states: readonly InlineVersionState[]): string {
-  return JSON.stringify(
-    states
-      .filter((s) => s.state === 'rebuilding')
-      .flatMap((s) => {
-        const definition = projections.find((p) => p.name === s.name);
-        return definition ? [{ name: s.name, version: s.version, types: definition.eventTypes }] : [];
-      }),
-  );
 }
 
 export async function applyLive(

@@ -1,0 +1,150 @@
+import { randomUUID } from 'node:crypto';
+import { createPostgresDb } from '../functions/db/postgres.ts';
+import type { Db } from '../functions/db/types.ts';
+import { migrate } from '../functions/db/migrate.ts';
+import { loadMigrations } from '../functions/db/migrations-dir.ts';
+import type { NewEvent } from '../functions/core/event-store/types.ts';
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+export const now = () => performance.now();
+
+/** mulberry32: every run appends the same events. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** The five observation types of the order summary, round robin, with a random source time. */
+const TYPES = ['OrderCreated', 'InventoryReserved', 'PaymentProcessed', 'ShippingCalculated', 'LoyaltyPointsUpdated'] as const;
+const SECTION: Record<string, string> = {
+  OrderCreated: 'customer',
+  InventoryReserved: 'inventory',
+  PaymentProcessed: 'payment',
+  ShippingCalculated: 'shipping',
+  LoyaltyPointsUpdated: 'loyalty',
+};
+
+export function orderEvent(random: () => number, orderId: string, i: number): NewEvent & { id: string } {
+  const type = TYPES[i % TYPES.length]!;
+  const n = Math.floor(random() * 1000);
+  const occurredAt = new Date(Date.UTC(2026, 0, 1) + Math.floor(random() * 86_400_000)).toISOString();
+  const data: Record<string, unknown> = { orderId, occurredAt };
+  if (type === 'OrderCreated') Object.assign(data, { customerId: `c-${n % 50}`, totalAmount: n, currency: 'EUR', items: [{ sku: `s${n}`, quantity: 1, price: n }] });
+  if (type === 'InventoryReserved') Object.assign(data, { reservedItems: { [`s${n}`]: 1 }, warehouseId: `w${n % 3}` });
+  if (type === 'PaymentProcessed') Object.assign(data, { transactionId: `t${n}`, amount: n, status: 'successful', method: 'card' });
+  if (type === 'ShippingCalculated') Object.assign(data, { shippingCost: n / 10, estimatedDays: n % 9 });
+  if (type === 'LoyaltyPointsUpdated') Object.assign(data, { pointsEarned: n % 50, totalPoints: n, tierStatus: 'silver' });
+  return { id: randomUUID(), type, data };
+}
+
+/**
+ * The order-summary section an event becomes: what ledgerline's `apply` computes in JS before its
+ * upsert, computed the same way for the raw-SQL and Emmett baselines so all three do the same work.
+ */
+export function sectionDoc(event: { id: string; type: string; data: Record<string, unknown> }): { name: string; doc: Record<string, unknown> } {
+  const { orderId: _o, occurredAt, ...data } = event.data;
+  const at = new Date(String(occurredAt)).toISOString();
+  return { name: SECTION[event.type]!, doc: { at, eventId: event.id, type: event.type, data, order: `${at}|${event.id}` } };
+}
+
+/** The order summary's merge (newest section by its `order` key), as in functions/domain/order-summary.ts. */
+export const MERGE_SECTIONS = `
+  sections = (
+    select jsonb_object_agg(k,
+             case
+               when cur.sections->k is null then excluded.sections->k
+               when excluded.sections->k is null then cur.sections->k
+               when excluded.sections->k->>'order' collate "C" > cur.sections->k->>'order' collate "C" then excluded.sections->k
+               else cur.sections->k
+             end)
+      from jsonb_object_keys(cur.sections || excluded.sections) as k),
+  events_applied = cur.events_applied + excluded.events_applied,
+  last_global_position = greatest(cur.last_global_position, excluded.last_global_position),
+  updated_at = now()`;
+
+export const SUMMARY_COLUMNS = `
+  order_id             text primary key,
+  sections             jsonb       not null default '{}'::jsonb,
+  events_applied       integer     not null default 0,
+  last_global_position bigint      not null default 0,
+  updated_at           timestamptz not null default now()`;
+
+export interface Stats {
+  median: number;
+  min: number;
+  max: number;
+}
+
+export function stats(values: readonly number[]): Stats {
+  const s = [...values].sort((a, b) => a - b);
+  const mid = s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+  return { median: mid, min: s[0] ?? NaN, max: s[s.length - 1] ?? NaN };
+}
+
+export function percentile(sorted: readonly number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
+
+/** Runs `concurrency` loops of `op` for `durationMs` (after a warm-up); latencies in ms. */
+export async function closedLoop(
+  concurrency: number,
+  durationMs: number,
+  op: (worker: number, i: number) => Promise<unknown>,
+  warmupMs = 500,
+): Promise<{ perSecond: number; p50: number; p99: number; max: number; count: number }> {
+  const latencies: number[] = [];
+  let measuring = false;
+  let stop = false;
+  const loops = Array.from({ length: concurrency }, async (_, w) => {
+    for (let i = 0; !stop; i++) {
+      const t0 = now();
+      await op(w, i);
+      if (measuring) latencies.push(now() - t0);
+    }
+  });
+  await sleep(warmupMs);
+  measuring = true;
+  const t0 = now();
+  await sleep(durationMs);
+  measuring = false;
+  const elapsed = now() - t0;
+  stop = true;
+  await Promise.all(loops);
+  const sorted = latencies.sort((a, b) => a - b);
+  return { perSecond: (sorted.length / elapsed) * 1000, p50: percentile(sorted, 50), p99: percentile(sorted, 99), max: sorted[sorted.length - 1] ?? NaN, count: sorted.length };
+}
+
+let counter = 0;
+/** A fresh database on the bench server, optionally migrated. */
+export async function freshDatabase(serverUrl: string, options: { migrated?: boolean; max?: number } = {}): Promise<{ db: Db; url: string; drop(): Promise<void> }> {
+  const name = `bench_${process.pid}_${++counter}`;
+  const admin = createPostgresDb({ url: serverUrl, max: 1 });
+  await admin.query(`drop database if exists ${name} with (force)`);
+  await admin.query(`create database ${name}`);
+  await admin.close();
+  const u = new URL(serverUrl);
+  u.pathname = `/${name}`;
+  const url = u.toString();
+  const db = createPostgresDb({ url, max: options.max ?? 40, applicationName: 'ledgerline-bench' });
+  if (options.migrated !== false) await migrate(db, loadMigrations());
+  return {
+    db,
+    url,
+    async drop() {
+      await db.close();
+      const a = createPostgresDb({ url: serverUrl, max: 1 });
+      await a.query(`drop database if exists ${name} with (force)`);
+      await a.close();
+    },
+  };
+}
+
+export const fmt = (n: number, digits = 0) => (Number.isFinite(n) ? n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }) : 'n/a');
+export const range = (s: Stats, digits = 0) => `${fmt(s.median, digits)} (${fmt(s.min, digits)}–${fmt(s.max, digits)})`;

@@ -1,0 +1,332 @@
+import { acquireProjectorLease, projectBatch } from '../functions/core/async/projector.ts';
+import { breakages, resetBreakages } from '../functions/core/breakages.ts';
+import { appendToStream } from '../functions/core/event-store/index.ts';
+import { ensureProjection } from '../functions/core/projections/ensure.ts';
+import { acquireRebuild, drain, flipRebuild, releaseRebuild, replay, startRebuild } from '../functions/core/rebuild/index.ts';
+import type { Db } from '../functions/db/types.ts';
+import { customerTotals } from '../functions/domain/customer-totals.ts';
+import { orderSummary } from '../functions/domain/order-summary.ts';
+import { emmettStore } from './emmett.ts';
+import { closedLoop, freshDatabase, MERGE_SECTIONS, now, orderEvent, percentile, prng, sectionDoc, sleep, SUMMARY_COLUMNS } from './lib.ts';
+
+const ORDERS_PER_WORKER = 50;
+const streamOf = (w: number, i: number) => `b${w}-${i % ORDERS_PER_WORKER}`;
+
+export interface AppendResult {
+  perSecond: number;
+  p50: number;
+  p99: number;
+  max: number;
+}
+
+/**
+ * Scenario 1. One system, one concurrency, one repetition, on a fresh database: `concurrency`
+ * closed loops, each appending one event at a time to its own 50 order streams, for `durationMs`.
+ */
+export async function appendRun(system: 'ledgerline' | 'raw' | 'emmett', serverUrl: string, concurrency: number, durationMs: number): Promise<AppendResult> {
+  const d = await freshDatabase(serverUrl, { migrated: system === 'ledgerline', max: concurrency });
+  try {
+    const randoms = Array.from({ length: concurrency }, (_, w) => prng(1000 + w));
+    if (system === 'ledgerline') {
+      await ensureProjection(d.db, orderSummary);
+      return await closedLoop(concurrency, durationMs, (w, i) => {
+        const orderId = streamOf(w, i);
+        const { type, data } = orderEvent(randoms[w]!, orderId, i);
+        // No caller-chosen id (neither baseline deduplicates by id): the server generates it.
+        return d.db.transaction((tx) => appendToStream(tx, `order-${orderId}`, [{ type, data }], { projections: [orderSummary] }));
+      });
+    }
+    if (system === 'raw') {
+      await d.db.query(`create table raw_events (
+        global_position bigint generated always as identity primary key, stream_id text not null, stream_position bigint not null,
+        event_id uuid not null unique, type text not null, data jsonb not null, metadata jsonb not null default '{}',
+        recorded_at timestamptz not null default now(), unique (stream_id, stream_position))`);
+      await d.db.query(`create table raw_order_summary (${SUMMARY_COLUMNS})`);
+      const versions = new Map<string, number>();
+      // One statement per append, autocommit: insert the event and upsert the summary. No stream
+      // table, no concurrency check beyond the unique index, no locks: the physical floor.
+      const statement = `with ins as (
+          insert into raw_events (stream_id, stream_position, event_id, type, data) values ($1, $2::bigint, $3::uuid, $4, $5::jsonb)
+          returning global_position)
+        insert into raw_order_summary as cur (order_id, sections, events_applied, last_global_position)
+        select $6, $7::jsonb, 1, global_position from ins
+        on conflict (order_id) do update set ${MERGE_SECTIONS}`;
+      return await closedLoop(concurrency, durationMs, (w, i) => {
+        const orderId = streamOf(w, i);
+        const event = orderEvent(randoms[w]!, orderId, i);
+        const version = (versions.get(orderId) ?? 0) + 1;
+        versions.set(orderId, version);
+        const { name, doc } = sectionDoc(event as { id: string; type: string; data: Record<string, unknown> });
+        return d.db.query(statement, [`order-${orderId}`, version, event.id, event.type, JSON.stringify(event.data), orderId, JSON.stringify({ [name]: doc })]);
+      });
+    }
+    const store = await emmettStore(d.url, concurrency);
+    try {
+      return await closedLoop(concurrency, durationMs, (w, i) => {
+        const orderId = streamOf(w, i);
+        const { type, data } = orderEvent(randoms[w]!, orderId, i);
+        return store.append(`order-${orderId}`, { type, data: data as Record<string, unknown> });
+      });
+    } finally {
+      await store.close();
+    }
+  } finally {
+    await d.drop();
+  }
+}
+
+/** `count` order events straight into the log (no projection), 200 orders, the five observation types. */
+export async function seedLog(db: Db, count: number, orders = 10_000): Promise<void> {
+  for (let from = 1; from <= count; from += 200_000) {
+    const to = Math.min(count, from + 199_999);
+    await db.query(
+      `insert into events (stream_id, stream_position, event_id, type, data, metadata)
+       select 'order-r' || (g % $3), g / $3 + 1, gen_random_uuid(),
+              (array['OrderCreated','InventoryReserved','PaymentProcessed','ShippingCalculated','LoyaltyPointsUpdated'])[g % 5 + 1],
+              jsonb_build_object('orderId', 'r' || (g % $3), 'occurredAt',
+                to_char((timestamptz '2026-01-01 00:00:00+00' + abs(hashint8(g) % 86400000) * interval '1 millisecond') at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                'amount', g % 1000, 'status', 'successful'),
+              '{}'::jsonb
+         from generate_series($1::bigint, $2::bigint) as g`,
+      [from, to, orders],
+    );
+  }
+  await db.query(
+    `insert into streams (stream_id, version) select stream_id, max(stream_position) from events group by stream_id
+     on conflict (stream_id) do update set version = excluded.version`,
+  );
+  await db.query('analyze events');
+}
+
+export interface ReplayRun {
+  ledgerline: number;
+  setBased: number;
+  rowByRow: number;
+  rowByRowEvents: number;
+  wholeRebuildMs: number;
+}
+
+/**
+ * Scenario 2, one repetition over the same seeded log: ledgerline's blue-green rebuild (replay
+ * phase timed: fencing, checkpoint, skip deletion per batch), the set-based lower bound (one
+ * INSERT … SELECT computing the same documents), and row-by-row replay (one upsert statement per
+ * event, on a prefix of the log). Events per second.
+ */
+export async function replayRun(db: Db, events: number, rowByRowEvents: number, batchSize: number): Promise<ReplayRun> {
+  const t0 = now();
+  const { lease } = await acquireRebuild(db, orderSummary, { owner: 'bench', mode: 'blue-green' });
+  await startRebuild(db, orderSummary, lease);
+  const r0 = now();
+  while (!(await replay(db, orderSummary, lease, { batchSize, maxMs: 600_000 })).done);
+  const replayMs = now() - r0;
+  for (let i = 0; i < 50; i++) {
+    await drain(db, orderSummary, lease, { batchSize });
+    if ((await flipRebuild(db, orderSummary, lease, { lockTimeoutMs: 1_000 })).flipped) break;
+  }
+  await releaseRebuild(db, orderSummary, lease.rebuildId);
+  const wholeRebuildMs = now() - t0;
+
+  await db.query('drop table if exists lb_order_summary');
+  await db.query(`create table lb_order_summary (${SUMMARY_COLUMNS})`);
+  const s0 = now();
+  await db.query(
+    `insert into lb_order_summary (order_id, sections, events_applied, last_global_position)
+     select order_id, jsonb_object_agg(section, doc), sum(n)::int, max(last)
+       from (
+         select distinct on (order_id, section) order_id, section, doc,
+                count(*) over w as n, max(global_position) over w as last
+           from (
+             select substr(stream_id, 7) as order_id, global_position,
+                    case type when 'OrderCreated' then 'customer' when 'InventoryReserved' then 'inventory'
+                              when 'PaymentProcessed' then 'payment' when 'ShippingCalculated' then 'shipping' else 'loyalty' end as section,
+                    jsonb_build_object('at', at, 'eventId', event_id, 'type', type, 'data', data - 'orderId' - 'occurredAt',
+                                       'order', at || '|' || event_id) as doc
+               from (select e.*, to_char((data->>'occurredAt')::timestamptz at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as at
+                       from events e) as e
+           ) as x
+         window w as (partition by order_id, section)
+         order by order_id, section, doc->>'order' collate "C" desc
+       ) as s
+      group by order_id`,
+  );
+  const setMs = now() - s0;
+
+  await db.query('drop table if exists rbr_order_summary');
+  await db.query(`create table rbr_order_summary (${SUMMARY_COLUMNS})`);
+  const statement = `insert into rbr_order_summary as cur (order_id, sections, events_applied, last_global_position)
+                     values ($1, $2::jsonb, 1, $3::bigint) on conflict (order_id) do update set ${MERGE_SECTIONS}`;
+  const b0 = now();
+  let done = 0;
+  let after = 0;
+  while (done < rowByRowEvents) {
+    const rows = await db.query<{ global_position: number; stream_id: string; event_id: string; type: string; data: Record<string, unknown> }>(
+      'select global_position, stream_id, event_id::text, type, data from events where global_position > $1 order by global_position limit 1000',
+      [after],
+    );
+    if (rows.length === 0) break;
+    for (const r of rows) {
+      if (done >= rowByRowEvents) break;
+      const { name, doc } = sectionDoc({ id: r.event_id, type: r.type, data: r.data });
+      await db.query(statement, [r.stream_id.slice(6), JSON.stringify({ [name]: doc }), r.global_position]);
+      done++;
+      after = r.global_position;
+    }
+  }
+  const rowMs = now() - b0;
+  return {
+    ledgerline: (events / replayMs) * 1000,
+    setBased: (events / setMs) * 1000,
+    rowByRow: (done / rowMs) * 1000,
+    rowByRowEvents: done,
+    wholeRebuildMs,
+  };
+}
+
+export interface FlipRun {
+  steadyP99: number;
+  steadyMax: number;
+  steadyCount: number;
+  phaseP99: number;
+  phaseMax: number;
+  phaseCount: number;
+  rebuilds: number;
+  flipAttempts: number;
+}
+
+/**
+ * Scenario 3, one repetition: `concurrency` writers append continuously (ledgerline, order summary
+ * inline). First `steadyMs` with no rebuild; then `rebuilds` blue-green rebuilds back to back. An
+ * append counts for "Start/Flip" when its interval overlaps a Start or Flip transaction.
+ */
+export async function flipRun(serverUrl: string, concurrency: number, seedEvents: number, steadyMs: number, rebuilds: number): Promise<FlipRun> {
+  const d = await freshDatabase(serverUrl, { max: concurrency + 4 });
+  try {
+    await ensureProjection(d.db, orderSummary);
+    await seedLog(d.db, seedEvents);
+    const samples: Array<[number, number]> = [];
+    let stop = false;
+    const writers = Array.from({ length: concurrency }, async (_, w) => {
+      const random = prng(2000 + w);
+      for (let i = 0; !stop; i++) {
+        const orderId = streamOf(w, i);
+        const { type, data } = orderEvent(random, orderId, i);
+        const t0 = now();
+        await d.db.transaction((tx) => appendToStream(tx, `order-${orderId}`, [{ type, data }], { projections: [orderSummary] }));
+        samples.push([t0, now()]);
+      }
+    });
+    await sleep(500);
+    const steadyFrom = now();
+    await sleep(steadyMs);
+    const steadyTo = now();
+    const windows: Array<[number, number]> = [];
+    let flipAttempts = 0;
+    for (let r = 0; r < rebuilds; r++) {
+      const { lease } = await acquireRebuild(d.db, orderSummary, { owner: `bench-${r}`, mode: 'blue-green' });
+      const s0 = now();
+      await startRebuild(d.db, orderSummary, lease);
+      windows.push([s0, now()]);
+      while (!(await replay(d.db, orderSummary, lease, { batchSize: 5_000 })).done);
+      let lockTimeoutMs = 100;
+      for (;;) {
+        await drain(d.db, orderSummary, lease, { batchSize: 5_000 });
+        const f0 = now();
+        const flip = await flipRebuild(d.db, orderSummary, lease, { lockTimeoutMs });
+        windows.push([f0, now()]);
+        flipAttempts++;
+        if (flip.flipped || flip.phase !== 'draining') break;
+        lockTimeoutMs = Math.min(lockTimeoutMs * 2, 5_000);
+      }
+      await releaseRebuild(d.db, orderSummary, lease.rebuildId);
+    }
+    stop = true;
+    await Promise.all(writers);
+    const latency = ([a, b]: [number, number]) => b - a;
+    const steady = samples.filter(([a, b]) => a >= steadyFrom && b <= steadyTo).map(latency).sort((x, y) => x - y);
+    const phase = samples.filter(([a, b]) => windows.some(([w0, w1]) => a < w1 && b > w0)).map(latency).sort((x, y) => x - y);
+    return {
+      steadyP99: percentile(steady, 99),
+      steadyMax: steady[steady.length - 1] ?? NaN,
+      steadyCount: steady.length,
+      phaseP99: percentile(phase, 99),
+      phaseMax: phase[phase.length - 1] ?? NaN,
+      phaseCount: phase.length,
+      rebuilds,
+      flipAttempts,
+    };
+  } finally {
+    await d.drop();
+  }
+}
+
+export interface LagRun {
+  p50: number;
+  p99: number;
+  max: number;
+  events: number;
+}
+
+/**
+ * Scenario 4, one repetition of one variant: 4 writers append about `ratePerSecond` events in all;
+ * after 1 s one more transaction appends an event and holds it open for `holdMs` (or none, for the
+ * steady baseline). A projector polls every 20 ms. Lag = time from an append's commit to the end of
+ * the projector batch that applied it, over the events committed while the held one was open.
+ */
+export async function lagRun(serverUrl: string, variant: 'gap-aware' | 'xmin-horizon' | 'no-held', holdMs: number, ratePerSecond: number): Promise<LagRun> {
+  const d = await freshDatabase(serverUrl, { max: 12 });
+  try {
+    await ensureProjection(d.db, customerTotals);
+    const lease = (await acquireProjectorLease(d.db, customerTotals, { owner: 'bench', leaseMs: 600_000 }))!;
+    resetBreakages();
+    if (variant === 'xmin-horizon') breakages.asyncXminHorizon = true;
+    const committed = new Map<number, number>(); // position -> commit time
+    const projectedAt = new Map<number, number>();
+    let stop = false;
+    const projector = (async () => {
+      while (!stop) {
+        const batch = await projectBatch(d.db, customerTotals, lease, { batchSize: 1_000 });
+        const t = now();
+        const open = new Set(batch.gaps.map((g) => g.position));
+        for (const [p] of committed) if (!projectedAt.has(p) && p <= batch.checkpoint && !open.has(p)) projectedAt.set(p, t);
+        await sleep(20);
+      }
+    })();
+    const perWriterDelay = (4 * 1000) / ratePerSecond;
+    const writers = Array.from({ length: 4 }, async (_, w) => {
+      const random = prng(3000 + w);
+      for (let i = 0; !stop; i++) {
+        const orderId = streamOf(w, i);
+        const { type, data } = orderEvent(random, orderId, i);
+        const r = await d.db.transaction((tx) => appendToStream(tx, `order-${orderId}`, [{ type, data }]));
+        committed.set(r.globalPositions[0]!, now());
+        await sleep(perWriterDelay);
+      }
+    });
+    await sleep(1_000);
+    const heldFrom = now();
+    let heldPosition = -1;
+    if (variant !== 'no-held') {
+      await d.db.transaction(async (tx) => {
+        const r = await appendToStream(tx, 'order-held', [{ type: 'OrderCreated', data: { orderId: 'held', occurredAt: new Date().toISOString(), customerId: 'c-held', totalAmount: 1, currency: 'EUR', items: [] } }]);
+        heldPosition = r.globalPositions[0]!;
+        await sleep(holdMs);
+      });
+    } else {
+      await sleep(holdMs);
+    }
+    const heldTo = now();
+    // Let the projector catch up with everything committed during the hold.
+    const deadline = now() + 30_000;
+    while (now() < deadline && [...committed].some(([p, t]) => t >= heldFrom && t <= heldTo && !projectedAt.has(p))) await sleep(50);
+    stop = true;
+    await Promise.all([...writers, projector]);
+    const lags = [...committed]
+      .filter(([p, t]) => p !== heldPosition && t >= heldFrom && t <= heldTo)
+      .map(([p, t]) => (projectedAt.get(p) ?? NaN) - t)
+      .sort((a, b) => a - b);
+    return { p50: percentile(lags, 50), p99: percentile(lags, 99), max: lags[lags.length - 1] ?? NaN, events: lags.length };
+  } finally {
+    resetBreakages();
+    await d.drop();
+  }
+}
