@@ -94,7 +94,10 @@ export async function projectBatch(
   const batchSize = options.batchSize ?? 1_000;
   return db.transaction(async (tx) => {
     const [state] = await tx.query<{ checkpoint: number; gaps: Gap[]; lease_owner: string | null; fencing_token: number }>(
-      'select checkpoint, gaps, lease_owner, fencing_token from projections where name = $1 and version = $2',
+      // force_custom_plan: the batch read below must see its real checkpoint to use the position
+      // index (lease.ts, setRebuildTimeouts, says what a generic plan did to the rebuild's read).
+      `select checkpoint, gaps, lease_owner, fencing_token, set_config('plan_cache_mode', 'force_custom_plan', true) as plan
+         from projections where name = $1 and version = $2`,
       [lease.name, lease.version],
     );
     if (!state || state.lease_owner !== lease.owner || state.fencing_token !== lease.fencingToken) {
