@@ -8,17 +8,7 @@ import type { NewEvent } from '../functions/core/event-store/types.ts';
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 export const now = () => performance.now();
 
-/** mulberry32: every run appends the same events. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { prng } from '../test/support/prng.ts';
 
 /** The five observation types of the order summary, round robin, with a random source time. */
 const TYPES = ['OrderCreated', 'InventoryReserved', 'PaymentProcessed', 'ShippingCalculated', 'LoyaltyPointsUpdated'] as const;

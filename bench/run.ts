@@ -21,6 +21,8 @@ const { values: args } = parseArgs({
     'flip-seed-events': { type: 'string', default: '100000' },
     'hold-seconds': { type: 'string', default: '10' },
     quick: { type: 'boolean', default: false },
+    // A subset, for trying a change: e.g. --scenarios lag (the report then shows only those).
+    scenarios: { type: 'string', default: 'append,replay,flip,lag' },
     out: { type: 'string', default: 'bench/RESULTS.md' },
   },
 });
@@ -36,9 +38,10 @@ const P = {
   flipConcurrency: 32,
   flipSteadyMs: quick ? 1_000 : 3_000,
   flipRebuilds: quick ? 1 : 3,
-  holdMs: (quick ? 2 : Number(args['hold-seconds'])) * 1000,
+  holdMs: Number(args['hold-seconds']) * 1000,
   lagRate: 200,
 };
+const only = new Set(String(args.scenarios).split(','));
 const log = (line: string) => process.stdout.write(`${new Date().toISOString().slice(11, 19)} ${line}\n`);
 
 let embedded: RunningPostgres | undefined;
@@ -60,7 +63,7 @@ try {
 
   // 1. Append with the inline projection.
   const append = new Map<string, AppendResult[]>();
-  for (const c of P.concurrencies) {
+  for (const c of only.has('append') ? P.concurrencies : []) {
     for (let rep = 0; rep < P.reps; rep++) {
       for (const system of ['ledgerline', 'raw', 'emmett'] as const) {
         const r = await appendRun(system, url, c, P.appendMs);
@@ -71,6 +74,8 @@ try {
   }
 
   // 2. Replay.
+  const replays = [];
+  if (only.has('replay')) {
   const replayDb = await freshDatabase(url, { max: 4 });
   const { ensureProjection } = await import('../functions/core/projections/ensure.ts');
   const { orderSummary } = await import('../functions/domain/order-summary.ts');
@@ -78,17 +83,17 @@ try {
   const seed0 = performance.now();
   await seedLog(replayDb.db, P.replayEvents);
   log(`replay: seeded ${fmt(P.replayEvents)} events in ${fmt((performance.now() - seed0) / 1000, 1)} s`);
-  const replays = [];
   for (let rep = 0; rep < P.reps; rep++) {
     const r = await replayRun(replayDb.db, P.replayEvents, P.rowByRowEvents, P.replayBatch);
     replays.push(r);
     log(`replay rep=${rep + 1}: ledgerline ${fmt(r.ledgerline)}/s, set-based ${fmt(r.setBased)}/s, row-by-row ${fmt(r.rowByRow)}/s`);
   }
   await replayDb.drop();
+  }
 
   // 3. Flip stall.
   const flips = [];
-  for (let rep = 0; rep < P.reps; rep++) {
+  for (let rep = 0; rep < (only.has('flip') ? P.reps : 0); rep++) {
     const r = await flipRun(url, P.flipConcurrency, P.flipSeedEvents, P.flipSteadyMs, P.flipRebuilds);
     flips.push(r);
     log(`flip rep=${rep + 1}: steady p99 ${fmt(r.steadyP99, 1)} ms, Start/Flip p99 ${fmt(r.phaseP99, 1)} ms (max ${fmt(r.phaseMax, 1)}, ${r.phaseCount} appends)`);
@@ -96,7 +101,7 @@ try {
 
   // 4. Async lag.
   const lags = new Map<string, Array<{ p50: number; p99: number; max: number; events: number }>>();
-  for (let rep = 0; rep < P.reps; rep++) {
+  for (let rep = 0; rep < (only.has('lag') ? P.reps : 0); rep++) {
     for (const variant of ['gap-aware', 'xmin-horizon', 'no-held'] as const) {
       const r = await lagRun(url, variant, P.holdMs, P.lagRate);
       lags.set(variant, [...(lags.get(variant) ?? []), r]);
@@ -139,10 +144,11 @@ function report(r: {
   lines.push(`- ledgerline over postgres.js ${pkg('postgres')}; Emmett \`@event-driven-io/emmett-postgresql\` ${pkg('@event-driven-io/emmett-postgresql', 'bench/node_modules')} over pg ${pkg('pg', 'bench/node_modules')}.`);
   lines.push(`- Parameters: append ${P.appendMs / 1000} s per measurement after a 0.5 s warm-up, each worker on its own ${50} order streams, one event per append, no caller-chosen ids; replay of ${fmt(P.replayEvents)} events over 10,000 orders in batches of ${fmt(P.replayBatch)}; row-by-row on the first ${fmt(P.rowByRowEvents)} events; flip stall with ${P.flipConcurrency} writers over a ${fmt(P.flipSeedEvents)}-event log, ${P.flipRebuilds} blue-green rebuilds per repetition; async lag with a ${P.holdMs / 1000} s held transaction, ${P.lagRate} appends/s from 4 writers, projector polling every 20 ms.`, '');
 
+  const targets: string[] = [];
+  if (r.append.size > 0) {
   lines.push('## 1. Append with the inline order-summary projection', '');
   lines.push('| concurrency | ledgerline appends/s | raw SQL appends/s | Emmett appends/s | ledgerline / raw | ledgerline / Emmett | ledgerline p50 / p99 ms | raw p50 / p99 ms | Emmett p50 / p99 ms |');
   lines.push('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
-  const targets: string[] = [];
   for (const c of P.concurrencies) {
     const l = of('ledgerline', c);
     const raw = of('raw', c);
@@ -158,6 +164,8 @@ function report(r: {
   }
   lines.push('', 'Raw SQL: one autocommit statement per append that inserts the event and upserts the summary, with no stream table, no expected-version check and no locks. Emmett: `appendToStream` with an inline `postgreSQLRawSQLProjection` doing the same upsert. ledgerline: `appendToStream` in a READ COMMITTED transaction with the full protocol (stream row lock, shared projection lock, state read, timeouts, inline apply).', '');
 
+  }
+  if (r.replays.length > 0) {
   lines.push('## 2. Rebuild replay', '');
   const rl = s(r.replays.map((x) => x.ledgerline));
   lines.push('| | events/s | ledgerline / baseline |');
@@ -168,6 +176,8 @@ function report(r: {
   lines.push('', `The whole blue-green rebuild (acquire, start, replay, drain, flip, release) took ${range(s(r.replays.map((x) => x.wholeRebuildMs / 1000)), 1)} s.`, '');
   targets.push(`| replay ≥ 100,000 events/s | ${fmt(rl.median)} events/s | ${met(rl.median >= 100_000)} |`);
 
+  }
+  if (r.flips.length > 0) {
   lines.push('## 3. Flip stall (append latency at concurrency 32)', '');
   lines.push('| | p99 ms | max ms | appends measured |');
   lines.push('| --- | --- | --- | --- |');
@@ -177,6 +187,8 @@ function report(r: {
   lines.push('', `Start/Flip p99 / steady p99: ${range(flipRatio, 2)}. Flip attempts per repetition: ${r.flips.map((x) => x.flipAttempts).join(', ')} for ${r.flips[0]?.rebuilds ?? 0} rebuilds.`, '');
   targets.push(`| flip-phase p99 ≤ 2× steady-state p99 | ${fmt(flipRatio.median, 2)}× | ${met(flipRatio.median <= 2)} |`);
 
+  }
+  if (r.lags.size > 0) {
   lines.push(`## 4. Async lag with a transaction held open for ${P.holdMs / 1000} s`, '');
   lines.push('Time from an append\'s commit to the projector batch that applied it, for the events committed while the held transaction was open.', '');
   lines.push('| reader | p50 ms | p99 ms | max ms | events |');
@@ -192,6 +204,7 @@ function report(r: {
   lines.push('', `The xmin-horizon reader is the same projector with \`breakages.asyncXminHorizon\` on: it reads only events whose transaction is below the snapshot's xmin, so everything behind the held transaction waits for it.`, '');
   targets.push(`| async lag unaffected by the held transaction (p99 within 2× of the no-hold baseline, and far below the hold) | ${fmt(gapP99)} ms vs ${fmt(baseP99)} ms (xmin reader p50 ${fmt(xminP50)} ms) | ${met(gapP99 <= Math.max(2 * baseP99, baseP99 + 50) && gapP99 < P.holdMs / 10)} |`);
 
+  }
   lines.push('## Targets', '');
   lines.push('| target | measured (median) | |', '| --- | --- | --- |', ...targets, '');
   return `${lines.join('\n')}\n`;

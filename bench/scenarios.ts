@@ -309,6 +309,9 @@ export async function lagRun(serverUrl: string, variant: 'gap-aware' | 'xmin-hor
       await d.db.transaction(async (tx) => {
         const r = await appendToStream(tx, 'order-held', [{ type: 'OrderCreated', data: { orderId: 'held', occurredAt: new Date().toISOString(), customerId: 'c-held', totalAmount: 1, currency: 'EUR', items: [] } }]);
         heldPosition = r.globalPositions[0]!;
+        // An append may not sit idle in its transaction for 10 s (APPEND_TIMEOUTS ends it first), so
+        // this stands for any slow writer that drew a position: lift the idle limit, then hold.
+        await tx.query("select set_config('idle_in_transaction_session_timeout', '0', true)");
         await sleep(holdMs);
       });
     } else {
