@@ -3,6 +3,7 @@ import { AppError, DatabaseError } from '../../functions/core/errors.ts';
 import { appendToStream } from '../../functions/core/event-store/index.ts';
 import { ensureProjection, resolveReadTarget } from '../../functions/core/projections/ensure.ts';
 import {
+  cancelRebuild,
   acquireRebuild,
   continueRebuild,
   type RebuildHooks,
@@ -194,7 +195,14 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
               if (row?.phase === 'done') return undefined;
             }
             const acquired = await acquireRebuild(rebuildDb, orderSummary, { owner: `worker-${workerNo++}`, mode, leaseMs: o.leaseMs });
-            if (rebuildId && acquired.lease.rebuildId !== rebuildId) throw new Error('a finished rebuild was started again');
+            if (rebuildId && acquired.lease.rebuildId !== rebuildId) {
+              // The harness's own race (seed 207): a rescuer finished our rebuild between the phase
+              // check above and this acquire, so the acquire started a new one. Withdraw it.
+              const [old] = await rebuildDb.query<{ phase: string }>('select phase from rebuilds where rebuild_id = $1', [rebuildId]);
+              if (old?.phase !== 'done') throw new Error('a finished rebuild was started again');
+              await cancelRebuild(rebuildDb, orderSummary, acquired.lease.rebuildId);
+              return undefined;
+            }
             rebuildId = acquired.lease.rebuildId;
             if (acquired.resumed) takeovers += 1;
             return acquired.lease;
