@@ -109,7 +109,7 @@ export async function appendToStream(
        select ord, e
          from jsonb_array_elements($2::jsonb) with ordinality as t(e, ord)
         where ($3::bigint is null or $3::bigint = (select version from cur))
-          and not ($6 and exists (select 1 from events where event_id = any ((select array_agg((x->>'id')::uuid) from jsonb_array_elements($2::jsonb) as x)::uuid[])))
+          and not ($6::boolean and exists (select 1 from events where event_id = any ((select array_agg((x->>'id')::uuid) from jsonb_array_elements($2::jsonb) as x)::uuid[])))
      ),
      ins as (
        insert into events (stream_id, stream_position, event_id, type, data, metadata)
@@ -133,7 +133,7 @@ export async function appendToStream(
        insert into projection_skips (projection, version, global_position)
        select st.name, st.version, ins.global_position
          from ins
-         join states st on st.state = 'rebuilding' and not $7
+         join states st on st.state = 'rebuilding' and not $7::boolean
          join jsonb_array_elements($8::jsonb) as t(p) on t.p->>'name' = st.name
         where ins.type in (select jsonb_array_elements_text(t.p->'types'))
      )
