@@ -41,6 +41,15 @@ const created = (orderId: string, customerId = `c-${orderId}`) => ({
   data: { orderId, occurredAt: new Date().toISOString(), customerId, totalAmount: 10, currency: 'EUR', items: [] },
 });
 
+/** `count` random order events over `orders` orders, one append each, inline projections on. */
+async function appendOrders(db: Db, prefix: string, count: number, orders: number, seed: number): Promise<void> {
+  const random = prng(seed);
+  for (let i = 0; i < count; i++) {
+    const id = `${prefix}-${i % orders}`;
+    await db.transaction((tx) => appendToStream(tx, `order-${id}`, [randomOrderEvent(random, id)], { projections: PROJECTIONS }));
+  }
+}
+
 describe.each(DRIVERS)('over $name', (driver) => {
   let t: TestDatabase;
   let db: Db;
@@ -116,11 +125,7 @@ describe.each(DRIVERS)('over $name', (driver) => {
 
   describe('the inline projection', () => {
     it('keeps the order summary equal to a fold of the log', async () => {
-      const random = prng(11);
-      for (let i = 0; i < 40; i++) {
-        const id = `inl-${i % 7}`;
-        await db.transaction((tx) => appendToStream(tx, `order-${id}`, [randomOrderEvent(random, id)], { projections: PROJECTIONS }));
-      }
+      await appendOrders(db, 'inl', 40, 7, 11);
       const target = (await resolveReadTarget(db, 'order_summary'))!;
       await expectReadModelMatchesLog(db, target.table);
     });
@@ -128,11 +133,7 @@ describe.each(DRIVERS)('over $name', (driver) => {
 
   describe('the rebuild steps', () => {
     it('rebuild blue-green through the step handler while another process appends, and lose nothing', async () => {
-      const random = prng(12);
-      for (let i = 0; i < 60; i++) {
-        const id = `rb-${i % 9}`;
-        await other.transaction((tx) => appendToStream(tx, `order-${id}`, [randomOrderEvent(random, id)], { projections: PROJECTIONS }));
-      }
+      await appendOrders(other, 'rb', 60, 9, 12);
       let writing = true;
       const writer = (async () => {
         const r = prng(13);
