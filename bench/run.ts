@@ -1,9 +1,11 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem, release, platform } from 'node:os';
 import { parseArgs } from 'node:util';
+import { ensureProjection } from '../functions/core/projections/ensure.ts';
 import { createPostgresDb } from '../functions/db/postgres.ts';
+import { orderSummary } from '../functions/domain/order-summary.ts';
 import { startEmbeddedPostgres, type RunningPostgres } from '../functions/local/embedded-postgres.ts';
-import { fmt, freshDatabase, range, stats, type Stats } from './lib.ts';
+import { fmt, freshDatabase, range, stats } from './lib.ts';
 import { appendRun, flipRun, lagRun, replayRun, seedLog, type AppendResult } from './scenarios.ts';
 
 /**
@@ -77,8 +79,6 @@ try {
   const replays = [];
   if (only.has('replay')) {
   const replayDb = await freshDatabase(url, { max: 4 });
-  const { ensureProjection } = await import('../functions/core/projections/ensure.ts');
-  const { orderSummary } = await import('../functions/domain/order-summary.ts');
   await ensureProjection(replayDb.db, orderSummary);
   const seed0 = performance.now();
   await seedLog(replayDb.db, P.replayEvents);
@@ -210,4 +210,3 @@ function report(r: {
   return `${lines.join('\n')}\n`;
 }
 
-export type { Stats };

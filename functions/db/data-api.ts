@@ -35,12 +35,12 @@ export interface DataApiOptions {
 }
 
 export function createDataApiDb(options: DataApiOptions): Db {
+  const arns = { resourceArn: options.resourceArn, secretArn: options.secretArn };
   const execute = async <T extends object>(text: string, params: readonly unknown[], transactionId?: string): Promise<T[]> => {
     try {
       const out = await options.client.send(
         new ExecuteStatementCommand({
-          resourceArn: options.resourceArn,
-          secretArn: options.secretArn,
+          ...arns,
           database: options.database,
           sql: toNamedParameters(text),
           parameters: params.map((value, i) => toParameter(`p${i + 1}`, value)),
@@ -53,7 +53,6 @@ export function createDataApiDb(options: DataApiOptions): Db {
       throw toDataApiError(error);
     }
   };
-  const arns = { resourceArn: options.resourceArn, secretArn: options.secretArn };
   return {
     query: (text, params = []) => execute(text, params),
     async transaction<T>(fn: (tx: Tx) => Promise<T>, txOptions: TransactionOptions = {}): Promise<T> {

@@ -17,7 +17,7 @@ import { startLocalSqs } from './local-sqs.ts';
 import { serveApi } from './http-server.ts';
 import { localRebuildRunner } from './rebuild-state-machine.ts';
 import { startSqsPoller } from './sqs-poller.ts';
-import { stateMachineRebuilds } from './state-machine-rebuilds.ts';
+import { stateMachineRebuilds } from './background-rebuilds.ts';
 
 /**
  * `npm start`: the whole product on one machine, every server on loopback.

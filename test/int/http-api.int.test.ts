@@ -6,7 +6,7 @@ import type { Db } from '../../functions/db/types.ts';
 import { customerTotals } from '../../functions/domain/customer-totals.ts';
 import { PROJECTIONS } from '../../functions/domain/projections.ts';
 import { createApi } from '../../functions/http/api.ts';
-import { inProcessRebuilds } from '../../functions/local/in-process-rebuilds.ts';
+import { inProcessRebuilds } from '../../functions/local/background-rebuilds.ts';
 import { createTestDatabase, type TestDatabase } from '../support/test-db.ts';
 
 let t: TestDatabase;

@@ -162,12 +162,7 @@ export async function appendToStream(
   if (failed) {
     const error: unknown = failed.reason;
     // Another stream holds one of these ids (a retry on the same stream is answered below).
-    if (isSqlState(error, '23505') && error.constraint === 'events_event_id_key') {
-      throw new DuplicateEventIdError(
-        validated.map((e) => e.id),
-        'an event id in this append is already used by another stream',
-      );
-    }
+    if (isSqlState(error, '23505') && error.constraint === 'events_event_id_key') throw usedByAnotherStream(validated);
     throw error;
   }
   const [result] = (settled[3] as PromiseFulfilledResult<Awaited<typeof insert>>).value;
@@ -185,7 +180,7 @@ export async function appendToStream(
   const inserted = result!.inserted;
   if (inserted.length !== rows.length) {
     // The ids were stored by another stream's append that committed after statement 3 ran.
-    throw new DuplicateEventIdError(validated.map((e) => e.id), 'an event id in this append is already used by another stream');
+    throw usedByAnotherStream(validated);
   }
   const states = result!.states;
 
@@ -209,6 +204,10 @@ export async function appendToStream(
     globalPositions: inserted.map((r) => r.global_position),
     duplicate: false,
   };
+}
+
+function usedByAnotherStream(events: readonly ValidatedEvent[]): DuplicateEventIdError {
+  return new DuplicateEventIdError(events.map((e) => e.id), 'an event id in this append is already used by another stream');
 }
 
 interface StoredWithId {

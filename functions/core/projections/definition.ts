@@ -49,3 +49,12 @@ export function handles(definition: ProjectionDefinition, type: string): boolean
  * start, flip, cancel) derives the same bigint: `hashtextextended('projection:' || name, 0)`.
  */
 export const LOCK_KEY_SQL = (param: string) => `hashtextextended('projection:' || ${param}, 0)`;
+
+/**
+ * The exclusive side of that lock, held to commit: Start, Flip, Cancel and ensureProjection take it
+ * so that no append is between its state read and its commit while they change a version's state.
+ * It honours the transaction's lock_timeout (55P03 when it runs out).
+ */
+export async function lockProjectionExclusive(tx: Tx, name: string): Promise<void> {
+  await tx.query(`select pg_advisory_xact_lock(${LOCK_KEY_SQL('$1::text')})`, [name]);
+}

@@ -1,5 +1,5 @@
 import type { Db, Queryable } from '../../db/types.ts';
-import { LOCK_KEY_SQL, tableFor, type ProjectionDefinition } from './definition.ts';
+import { lockProjectionExclusive, tableFor, type ProjectionDefinition } from './definition.ts';
 
 /**
  * Registers a projection at deploy or start-up: the first time, version 1 is created `live` with an
@@ -9,7 +9,7 @@ import { LOCK_KEY_SQL, tableFor, type ProjectionDefinition } from './definition.
  */
 export async function ensureProjection(db: Db, definition: ProjectionDefinition): Promise<{ created: boolean; needsRebuild: boolean }> {
   return db.transaction(async (tx) => {
-    await tx.query(`select pg_advisory_xact_lock(${LOCK_KEY_SQL('$1::text')})`, [definition.name]);
+    await lockProjectionExclusive(tx, definition.name);
     const existing = await tx.query('select 1 from projections where name = $1 limit 1', [definition.name]);
     if (existing.length > 0) return { created: false, needsRebuild: false };
     await tx.query(`insert into projections (name, version, kind, state) values ($1, 1, $2, 'live')`, [

@@ -1,5 +1,5 @@
 import type { Db } from '../../db/types.ts';
-import { clearTables, LOCK_KEY_SQL, type ProjectionDefinition } from '../projections/definition.ts';
+import { clearTables, lockProjectionExclusive, type ProjectionDefinition } from '../projections/definition.ts';
 import { RebuildNotCancellableError, RebuildNotFoundError } from './errors.ts';
 import { REBUILD_COLUMNS, setRebuildTimeouts } from './lease.ts';
 import { withLockRetries, type LockRetryOptions } from './start.ts';
@@ -25,7 +25,7 @@ export async function cancelRebuild(
   return withLockRetries(options, (lockTimeoutMs) =>
     db.transaction(async (tx) => {
       await setRebuildTimeouts(tx, lockTimeoutMs);
-      await tx.query(`select pg_advisory_xact_lock(${LOCK_KEY_SQL('$1::text')})`, [definition.name]);
+      await lockProjectionExclusive(tx, definition.name);
       const [rebuild] = await tx.query<RebuildRow>(
         `select ${REBUILD_COLUMNS} from rebuilds where rebuild_id = $1::uuid and projection = $2 for update`,
         [rebuildId, definition.name],

@@ -1,7 +1,7 @@
 import type { Db } from '../../db/types.ts';
 import { breakages } from '../breakages.ts';
 import { isSqlState } from '../errors.ts';
-import { LOCK_KEY_SQL, type ProjectionDefinition } from '../projections/definition.ts';
+import { lockProjectionExclusive, type ProjectionDefinition } from '../projections/definition.ts';
 import { drainBatch } from './drain.ts';
 import { fence, setRebuildTimeouts } from './lease.ts';
 import type { RebuildHooks, RebuildLease, RebuildRow } from './types.ts';
@@ -40,7 +40,7 @@ export async function flipRebuild(
       const rebuild = await fence(tx, lease);
       if (rebuild.phase !== 'draining') return { flipped: rebuild.phase === 'done', phase: rebuild.phase, skipsDrained: 0 };
       if (!breakages.flipWithoutLock) {
-        await tx.query(`select pg_advisory_xact_lock(${LOCK_KEY_SQL('$1::text')})`, [definition.name]);
+        await lockProjectionExclusive(tx, definition.name);
       }
       let drained = 0;
       for (;;) {

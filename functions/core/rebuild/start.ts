@@ -1,6 +1,6 @@
 import type { Db } from '../../db/types.ts';
 import { isSqlState } from '../errors.ts';
-import { clearTables, LOCK_KEY_SQL, tableFor, type ProjectionDefinition } from '../projections/definition.ts';
+import { clearTables, lockProjectionExclusive, tableFor, type ProjectionDefinition } from '../projections/definition.ts';
 import { fence, setRebuildTimeouts } from './lease.ts';
 import type { RebuildLease, RebuildRow } from './types.ts';
 
@@ -40,7 +40,7 @@ export async function startRebuild(
       await setRebuildTimeouts(tx, lockTimeoutMs);
       const rebuild = await fence(tx, lease);
       if (rebuild.phase !== 'starting') return rebuild;
-      await tx.query(`select pg_advisory_xact_lock(${LOCK_KEY_SQL('$1::text')})`, [definition.name]);
+      await lockProjectionExclusive(tx, definition.name);
 
       // New statements from here on: their snapshots see every append that held the shared lock.
       const table = tableFor(definition.name, rebuild.version);
