@@ -125,6 +125,23 @@ describe('rebuild', () => {
     await expectReadModelMatchesLog(db, await liveTable());
   });
 
+  it('resumes exactly the rebuild it names, and never starts another once that one has ended', async () => {
+    const first = await acquireRebuild(db, orderSummary, { owner: 'w1', leaseMs: 200 });
+    await sleep(300);
+    const taken = await acquireRebuild(db, orderSummary, { owner: 'w2', resume: first.lease.rebuildId });
+    expect(taken).toMatchObject({ resumed: true, lease: { rebuildId: first.lease.rebuildId } });
+    await continueRebuild(db, orderSummary, taken.lease);
+    const [before] = await db.query<{ n: number }>('select count(*)::int as n from rebuilds');
+    // A late rescuer: a plain acquire would start a new rebuild here; resume refuses.
+    await expect(acquireRebuild(db, orderSummary, { owner: 'w3', resume: first.lease.rebuildId })).rejects.toMatchObject({
+      code: 'REBUILD_NOT_RESUMABLE',
+      details: { phase: 'done' },
+    });
+    await expect(acquireRebuild(db, orderSummary, { owner: 'w3', resume: randomUUID() })).rejects.toMatchObject({ code: 'REBUILD_NOT_FOUND' });
+    const [after] = await db.query<{ n: number }>('select count(*)::int as n from rebuilds');
+    expect(after!.n).toBe(before!.n);
+  });
+
   it('resumes a crashed rebuild from its checkpoint instead of starting over', async () => {
     await seed(30, 3);
     const first = await acquireRebuild(db, orderSummary, { owner: 'crashy', leaseMs: 200 });

@@ -3,7 +3,6 @@ import { AppError, DatabaseError } from '../../functions/core/errors.ts';
 import { appendToStream } from '../../functions/core/event-store/index.ts';
 import { ensureProjection, resolveReadTarget } from '../../functions/core/projections/ensure.ts';
 import {
-  cancelRebuild,
   acquireRebuild,
   continueRebuild,
   type RebuildHooks,
@@ -190,23 +189,21 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
       const acquire = async (): Promise<RebuildLease | undefined> => {
         for (;;) {
           try {
-            if (rebuildId) {
-              const [row] = await rebuildDb.query<{ phase: string }>('select phase from rebuilds where rebuild_id = $1', [rebuildId]);
-              if (row?.phase === 'done') return undefined;
-            }
-            const acquired = await acquireRebuild(rebuildDb, orderSummary, { owner: `worker-${workerNo++}`, mode, leaseMs: o.leaseMs });
-            if (rebuildId && acquired.lease.rebuildId !== rebuildId) {
-              // The harness's own race (seed 207): a rescuer finished our rebuild between the phase
-              // check above and this acquire, so the acquire started a new one. Withdraw it.
-              const [old] = await rebuildDb.query<{ phase: string }>('select phase from rebuilds where rebuild_id = $1', [rebuildId]);
-              if (old?.phase !== 'done') throw new Error('a finished rebuild was started again');
-              await cancelRebuild(rebuildDb, orderSummary, acquired.lease.rebuildId);
-              return undefined;
-            }
+            // After the first acquire, only ever this rebuild: once it has ended, there is nothing to do.
+            const acquired = await acquireRebuild(rebuildDb, orderSummary, {
+              owner: `worker-${workerNo++}`,
+              mode,
+              leaseMs: o.leaseMs,
+              ...(rebuildId ? { resume: rebuildId } : {}),
+            });
             rebuildId = acquired.lease.rebuildId;
             if (acquired.resumed) takeovers += 1;
             return acquired.lease;
           } catch (error) {
+            if (error instanceof AppError && error.code === 'REBUILD_NOT_RESUMABLE') {
+              if ((error.details as { phase?: string }).phase !== 'done') throw error;
+              return undefined;
+            }
             if (error instanceof AppError && error.code === 'REBUILD_IN_PROGRESS') await sleep(25);
             else if (error instanceof AppError && error.category === 'unavailable') await sleep(25);
             else throw error;

@@ -2,15 +2,21 @@ import { randomUUID } from 'node:crypto';
 import type { Db } from '../../db/types.ts';
 import { isSqlState, ValidationError } from '../errors.ts';
 import type { ProjectionDefinition } from '../projections/definition.ts';
-import { ProjectionNotFoundError, RebuildInProgressError } from './errors.ts';
+import { ProjectionNotFoundError, RebuildInProgressError, RebuildNotFoundError, RebuildNotResumableError } from './errors.ts';
 import { REBUILD_COLUMNS } from './lease.ts';
-import { DEFAULT_LEASE_MS, type RebuildLease, type RebuildMode, type RebuildRow } from './types.ts';
+import { DEFAULT_LEASE_MS, type RebuildLease, type RebuildMode, type RebuildPhase, type RebuildRow } from './types.ts';
 
 export interface AcquireOptions {
   mode?: RebuildMode;
   /** Who works on the rebuild (a Lambda request id, an execution name, a test worker). */
   owner: string;
   leaseMs?: number;
+  /**
+   * Take over exactly this rebuild (after its lease expired), never start another: a worker that
+   * resumes a rebuild it knows must not start a fresh one because that rebuild ended meanwhile.
+   * REBUILD_NOT_RESUMABLE when it has ended (its phase in the details).
+   */
+  resume?: string;
 }
 
 export interface Acquired {
@@ -42,6 +48,14 @@ export async function acquireRebuild(db: Db, definition: ProjectionDefinition, o
            from rebuilds where projection = $1 and phase in ('starting', 'replaying', 'draining')`,
         [definition.name],
       );
+      if (options.resume !== undefined && active?.rebuild_id !== options.resume) {
+        const [row] = await tx.query<{ phase: RebuildPhase }>('select phase from rebuilds where rebuild_id = $1::uuid and projection = $2', [
+          options.resume,
+          definition.name,
+        ]);
+        if (!row) throw new RebuildNotFoundError(options.resume);
+        throw new RebuildNotResumableError(options.resume, row.phase);
+      }
       if (active) {
         const [taken] = await tx.query<RebuildRow>(
           `update rebuilds

@@ -31,3 +31,9 @@ export class RebuildNotCancellableError extends AppError {
     super('REBUILD_NOT_CANCELLABLE', 'conflict', `rebuild ${rebuildId} cannot be cancelled: ${reason}`);
   }
 }
+
+export class RebuildNotResumableError extends AppError {
+  constructor(rebuildId: string, phase: string) {
+    super('REBUILD_NOT_RESUMABLE', 'conflict', `rebuild ${rebuildId} has ended (${phase}); it cannot be resumed`, { details: { rebuildId, phase } });
+  }
+}
