@@ -2,12 +2,14 @@ import { ReceiveMessageCommand, SendMessageCommand, type SQSClient } from '@aws-
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { appendToStream } from '../../functions/core/event-store/index.ts';
 import { ensureProjection, resolveReadTarget } from '../../functions/core/projections/ensure.ts';
+import { acquireRebuild, cancelRebuild } from '../../functions/core/rebuild/index.ts';
 import type { Db } from '../../functions/db/types.ts';
 import { orderSummary } from '../../functions/domain/order-summary.ts';
 import { PROJECTIONS } from '../../functions/domain/projections.ts';
 import { startLocalSqs, type LocalSqs } from '../../functions/local/local-sqs.ts';
 import { localRebuildRunner } from '../../functions/local/rebuild-state-machine.ts';
 import { createRebuildStepHandler, TransientError, type Step } from '../../functions/workflow/rebuild-steps.ts';
+import { executionName } from '../../functions/workflow/sfn-starter.ts';
 import { synthesizedRebuildDefinition, type AslDefinition } from '../../infra/local-definition.ts';
 import { diffOrderSummary, expectReadModelMatchesLog, prng, randomOrderEvent } from '../support/orders.ts';
 import { createTestDatabase, type TestDatabase } from '../support/test-db.ts';
@@ -169,7 +171,16 @@ describe('the rebuild state machine from the synthesized template', () => {
     );
     expect(rebuild!.error).toContain('drain is broken');
     // The unfinished rebuild is the operator's to resume or cancel; cancel it so the file ends clean.
-    const { cancelRebuild } = await import('../../functions/core/rebuild/index.ts');
     await cancelRebuild(db, orderSummary, rebuild!.rebuild_id);
+  });
+
+  it('names each execution after its lease, so resuming a failed rebuild starts an execution under a new name', async () => {
+    const first = await acquireRebuild(db, orderSummary, { owner: 'api-1', leaseMs: 100 });
+    await sleep(200);
+    const resumed = await acquireRebuild(db, orderSummary, { owner: 'api-2', resume: first.lease.rebuildId });
+    const names = [executionName(first.lease), executionName(resumed.lease)];
+    expect(names[1]).not.toBe(names[0]); // the rebuild id alone repeated, and Step Functions refuses a repeated name
+    for (const name of names) expect(name).toMatch(/^[A-Za-z0-9_-]{1,80}$/); // Step Functions' name rules
+    await cancelRebuild(db, orderSummary, first.lease.rebuildId);
   });
 });
