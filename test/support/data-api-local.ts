@@ -18,7 +18,6 @@ export interface LocalDataApi {
   endpoint: string;
   /** Data API calls made so far, by command (ExecuteStatement, BeginTransaction, …). */
   calls: Map<string, number>;
-  totalCalls(): number;
   stop(): Promise<void>;
 }
 
@@ -67,7 +66,6 @@ export async function startLocalDataApi(databaseUrl: string): Promise<LocalDataA
     db,
     endpoint: `http://127.0.0.1:${port}`,
     calls,
-    totalCalls: () => [...calls.values()].reduce((a, b) => a + b, 0),
     async stop() {
       client.destroy();
       await server.stop();
