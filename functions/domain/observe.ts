@@ -6,7 +6,7 @@ import type { StoredEvent } from '../core/event-store/types.ts';
 import { jsonEqual } from '../core/json-equal.ts';
 import type { ProjectionDefinition } from '../core/projections/definition.ts';
 import { decisionFor, type DecisionEventType } from './decide.ts';
-import { validateObservation } from './events.ts';
+import { DECISION_TYPES, validateObservation } from './events.ts';
 
 export interface ObservationResult {
   streamVersion: number;
@@ -87,7 +87,7 @@ function originalResult(earlier: StoredEvent, stream: readonly StoredEvent[], ob
     throw new DuplicateEventIdError([earlier.id], 'this observation id was already used for different content');
   }
   const decision = stream.find(
-    (e) => (e.type === 'OrderConfirmed' || e.type === 'OrderRejected' || e.type === 'OrderDecisionWithdrawn') && e.metadata.causationId === earlier.id,
+    (e) => (DECISION_TYPES as readonly string[]).includes(e.type) && e.metadata.causationId === earlier.id,
   );
   const appended = decision ? [earlier, decision] : [earlier];
   return {
