@@ -2,7 +2,7 @@ import { acquireProjectorLease, projectBatch } from '../functions/core/async/pro
 import { breakages, resetBreakages } from '../functions/core/breakages.ts';
 import { appendToStream } from '../functions/core/event-store/index.ts';
 import { ensureProjection } from '../functions/core/projections/ensure.ts';
-import { acquireRebuild, drain, flipRebuild, releaseRebuild, replay, startRebuild } from '../functions/core/rebuild/index.ts';
+import { acquireRebuild, continueRebuild, drain, flipRebuild, releaseRebuild, replay, startRebuild } from '../functions/core/rebuild/index.ts';
 import type { Db } from '../functions/db/types.ts';
 import { customerTotals } from '../functions/domain/customer-totals.ts';
 import { orderSummary } from '../functions/domain/order-summary.ts';
@@ -119,11 +119,8 @@ export async function replayRun(db: Db, events: number, rowByRowEvents: number, 
   const r0 = now();
   while (!(await replay(db, orderSummary, lease, { batchSize, maxMs: 600_000 })).done);
   const replayMs = now() - r0;
-  for (let i = 0; i < 50; i++) {
-    await drain(db, orderSummary, lease, { batchSize });
-    if ((await flipRebuild(db, orderSummary, lease, { lockTimeoutMs: 1_000 })).flipped) break;
-  }
-  await releaseRebuild(db, orderSummary, lease.rebuildId);
+  // The rest (drain, flip, release) as every rebuild runs it; replay is done, so it starts at drain.
+  await continueRebuild(db, orderSummary, lease, { batchSize });
   const wholeRebuildMs = now() - t0;
 
   await db.query('drop table if exists lb_order_summary');
