@@ -13,29 +13,24 @@ export interface InlineVersionState {
  * SQL; this file says what each piece must guarantee.
  *
  * Step 2, the shared transaction-level advisory lock of every inline projection the append feeds,
- * is taken in the append's FIRST statement (with its transaction-local timeouts).
+ * is taken first in `ledgerline_append` (migrations/003_append_function.sql), in name order.
  *
- * Step 3, the versions' states, is read in a LATER statement (the one that inserts the events).
- * A READ COMMITTED statement reads with a snapshot taken when it starts. If the state were read in
- * the statement that waits for the lock, an append queued behind a rebuild's Start (or Flip) would
- * wake up holding a state from before that transaction committed, skip nothing, and its event would
- * be lost to the new version (`breakages.appendStateInLockStatement` restores that bug). Statements
- * pipelined on one connection still run one after the other, each with its own snapshot, so
- * sending both at once (one round trip) keeps this guarantee.
+ * Step 3, the versions' states, is read in a LATER statement of that function. A READ COMMITTED
+ * statement reads with a snapshot taken when it starts. If the state were read in the statement
+ * that waits for the lock, an append queued behind a rebuild's Start (or Flip) would wake up holding
+ * a state from before that transaction committed, skip nothing, and its event would be lost to the
+ * new version (`breakages.appendStateInLockStatement` restores that bug). Statements run by a
+ * VOLATILE function each take a fresh snapshot, so one call keeps this guarantee.
  *
  * The locks are held to commit: Start and Flip take the same keys exclusively. An append that read
  * `rebuilding` and wrote skip rows cannot commit after the Flip's last drain, because the Flip waits
  * for its shared lock; and an append that read `live` before Start has committed before Start
  * records its replay target, so replay covers it.
  *
- * Step 5: a `rebuilding` version gets one skip row per event, written by the insert statement
- * itself from the states it read (so the skip row exists iff the event commits); a `live` version
- * applies the events here.
+ * Step 5: a `rebuilding` version gets one skip row per event, written by the function's insert
+ * statement from the states it read (so the skip row exists iff the event commits); a `live`
+ * version applies the events here.
  */
-export function lockKeysParam(names: readonly string[]): string {
-  return JSON.stringify([...names].sort());
-}
-
 export async function applyLive(
   tx: Tx,
   projections: readonly ProjectionDefinition[],
