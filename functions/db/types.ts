@@ -32,3 +32,18 @@ export interface Db extends Queryable {
   transaction<T>(fn: (tx: Tx) => Promise<T>, options?: TransactionOptions): Promise<T>;
   close(): Promise<void>;
 }
+
+/**
+ * Awaits statements sent together in one transaction without waiting for each other (postgres.js
+ * pipelines them in one round trip; the Data API driver sends them one after the other) and
+ * reports the first failure in the order they were sent. The server runs them in that order, each
+ * with a snapshot taken when it starts, and after a failure refuses the rest of the transaction
+ * (25P02), so a later failure only echoes the first. Every promise is awaited: none is left
+ * rejected and unhandled.
+ */
+export async function inOrder<const T extends readonly Promise<unknown>[]>(sent: T): Promise<{ -readonly [K in keyof T]: Awaited<T[K]> }> {
+  const settled = await Promise.allSettled(sent);
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (failed) throw failed.reason;
+  return settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) as { -readonly [K in keyof T]: Awaited<T[K]> };
+}

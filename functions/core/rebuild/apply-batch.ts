@@ -1,4 +1,4 @@
-import type { Tx } from '../../db/types.ts';
+import { inOrder, type Tx } from '../../db/types.ts';
 import { breakages } from '../breakages.ts';
 import type { StoredEvent } from '../event-store/types.ts';
 import { tableFor, type ProjectionDefinition } from '../projections/definition.ts';
@@ -20,20 +20,21 @@ export async function applyBatch(
   events: readonly StoredEvent[],
 ): Promise<void> {
   if (events.length === 0) return;
-  await definition.apply(tx, tableFor(definition.name, rebuild.version), events);
-  if (breakages.skipDeleteByRange) {
-    await tx.query(
-      'delete from projection_skips where projection = $1 and version = $2 and global_position <= $3',
-      [definition.name, rebuild.version, events[events.length - 1]!.globalPosition],
-    );
-    return;
-  }
-  // `= any(array)` probes the primary key once per position; an IN over the set-returning function
-  // was planned as a nested loop over every skip row of the version (seconds per batch at 50k rows).
-  await tx.query(
-    `delete from projection_skips
-      where projection = $1 and version = $2
-        and global_position = any ((select array_agg(p::bigint) from jsonb_array_elements_text($3::jsonb) as p)::bigint[])`,
-    [definition.name, rebuild.version, JSON.stringify(events.map((e) => e.globalPosition))],
-  );
+  // Sent together (one round trip): neither needs the other's result, and the server runs them in
+  // this order inside the transaction, so both commit or neither does.
+  const applied = definition.apply(tx, tableFor(definition.name, rebuild.version), events);
+  const deleted = breakages.skipDeleteByRange
+    ? tx.query(
+        'delete from projection_skips where projection = $1 and version = $2 and global_position <= $3',
+        [definition.name, rebuild.version, events[events.length - 1]!.globalPosition],
+      )
+    : // `= any(array)` probes the primary key once per position; an IN over the set-returning function
+      // was planned as a nested loop over every skip row of the version (seconds per batch at 50k rows).
+      tx.query(
+        `delete from projection_skips
+          where projection = $1 and version = $2
+            and global_position = any ((select array_agg(p::bigint) from jsonb_array_elements_text($3::jsonb) as p)::bigint[])`,
+        [definition.name, rebuild.version, JSON.stringify(events.map((e) => e.globalPosition))],
+      );
+  await inOrder([applied, deleted]);
 }

@@ -1,4 +1,4 @@
-import type { Db } from '../../db/types.ts';
+import { inOrder, type Db } from '../../db/types.ts';
 import { breakages } from '../breakages.ts';
 import { isSqlState } from '../errors.ts';
 import { lockProjectionExclusive, type ProjectionDefinition } from '../projections/definition.ts';
@@ -36,40 +36,44 @@ export async function flipRebuild(
   const batchSize = options.batchSize ?? 5_000;
   try {
     return await db.transaction(async (tx): Promise<FlipResult> => {
-      await setRebuildTimeouts(tx, options.lockTimeoutMs ?? 100);
-      const rebuild = await fence(tx, lease);
+      const [, rebuild] = await inOrder([setRebuildTimeouts(tx, options.lockTimeoutMs ?? 100), fence(tx, lease)]);
       if (rebuild.phase !== 'draining') return { flipped: rebuild.phase === 'done', phase: rebuild.phase, skipsDrained: 0 };
-      if (!breakages.flipWithoutLock) {
-        await lockProjectionExclusive(tx, definition.name);
-      }
+      // From the lock to commit writers queue behind us, so no client round trip is spent that the
+      // protocol does not need: the lock is sent together with the first drain read (which runs
+      // after the lock is granted, with a snapshot that sees every append that held the shared
+      // lock), and the three closing updates together with each other.
+      const locked = breakages.flipWithoutLock ? Promise.resolve() : lockProjectionExclusive(tx, definition.name);
       let drained = 0;
-      for (;;) {
-        const n = await drainBatch(tx, definition, rebuild, batchSize, options.hooks, 'flip');
+      for (let first = true; ; first = false) {
+        const batch = drainBatch(tx, definition, rebuild, batchSize, options.hooks, 'flip');
+        const n = first ? (await inOrder([locked, batch]))[1] : await batch;
         drained += n;
         if (n < batchSize) break;
       }
-      if (rebuild.mode === 'blue-green' && rebuild.previous_version !== null) {
-        await tx.query(
-          `update projections set state = 'retired', updated_at = now() where name = $1 and version = $2 and state = 'live'`,
-          [definition.name, rebuild.previous_version],
-        );
-      }
-      // Inline: the checkpoint records the replay target. Async: the version keeps its own checkpoint
-      // and gaps, and its projector lease is released for the scheduled projector.
-      await tx.query(
-        `update projections
-            set state = 'live', updated_at = now(), lease_owner = null, lease_expires_at = null,
-                checkpoint = case when kind = 'inline' then $3 else checkpoint end
-          where name = $1 and version = $2`,
-        [definition.name, rebuild.version, rebuild.target_position ?? 0],
-      );
-      await tx.query(
-        `update rebuilds
-            set phase = 'done', skips_drained = skips_drained + $2, finished_at = now(), updated_at = now(),
-                lease_owner = null, lease_expires_at = null
-          where rebuild_id = $1::uuid`,
-        [lease.rebuildId, drained],
-      );
+      await inOrder([
+        rebuild.mode === 'blue-green' && rebuild.previous_version !== null
+          ? tx.query(
+              `update projections set state = 'retired', updated_at = now() where name = $1 and version = $2 and state = 'live'`,
+              [definition.name, rebuild.previous_version],
+            )
+          : Promise.resolve([]),
+        // Inline: the checkpoint records the replay target. Async: the version keeps its own
+        // checkpoint and gaps, and its projector lease is released for the scheduled projector.
+        tx.query(
+          `update projections
+              set state = 'live', updated_at = now(), lease_owner = null, lease_expires_at = null,
+                  checkpoint = case when kind = 'inline' then $3 else checkpoint end
+            where name = $1 and version = $2`,
+          [definition.name, rebuild.version, rebuild.target_position ?? 0],
+        ),
+        tx.query(
+          `update rebuilds
+              set phase = 'done', skips_drained = skips_drained + $2, finished_at = now(), updated_at = now(),
+                  lease_owner = null, lease_expires_at = null
+            where rebuild_id = $1::uuid`,
+          [lease.rebuildId, drained],
+        ),
+      ]);
       return { flipped: true, phase: 'done', skipsDrained: drained };
     });
   } catch (error) {

@@ -1,4 +1,4 @@
-import type { Db } from '../../db/types.ts';
+import { inOrder, type Db } from '../../db/types.ts';
 import { EVENT_COLUMNS, toStoredEvent, type StoredEventRow } from '../event-store/read.ts';
 import type { ProjectionDefinition } from '../projections/definition.ts';
 import { applyBatch } from './apply-batch.ts';
@@ -40,8 +40,7 @@ export async function replay(db: Db, definition: ProjectionDefinition, lease: Re
   }
   for (let batches = 0; ; batches++) {
     const result = await db.transaction(async (tx): Promise<ReplayResult> => {
-      await setRebuildTimeouts(tx);
-      const rebuild = await fence(tx, lease);
+      const [, rebuild] = await inOrder([setRebuildTimeouts(tx), fence(tx, lease)]);
       const target = rebuild.target_position ?? 0;
       if (rebuild.phase !== 'replaying') return summary(rebuild, rebuild.phase);
       const rows = await tx.query<StoredEventRow>(
@@ -54,14 +53,17 @@ export async function replay(db: Db, definition: ProjectionDefinition, lease: Re
       );
       const events = rows.map(toStoredEvent);
       await options.hooks?.insideBatch?.('replay', tx, events);
-      await applyBatch(tx, definition, rebuild, events);
       const checkpoint = events.length < batchSize ? target : events[events.length - 1]!.globalPosition;
       const phase = checkpoint >= target ? 'draining' : 'replaying';
-      await tx.query(
-        `update rebuilds set checkpoint = $2, events_replayed = events_replayed + $3, phase = $4, updated_at = now()
-          where rebuild_id = $1::uuid`,
-        [lease.rebuildId, checkpoint, events.length, phase],
-      );
+      // Apply, skip deletion and checkpoint sent together: none needs another's result.
+      await inOrder([
+        applyBatch(tx, definition, rebuild, events),
+        tx.query(
+          `update rebuilds set checkpoint = $2, events_replayed = events_replayed + $3, phase = $4, updated_at = now()
+            where rebuild_id = $1::uuid`,
+          [lease.rebuildId, checkpoint, events.length, phase],
+        ),
+      ]);
       return summary({ ...rebuild, checkpoint, events_replayed: rebuild.events_replayed + events.length }, phase);
     });
     if (result.done || Date.now() >= deadline || batches + 1 >= maxBatches) return result;

@@ -1,4 +1,4 @@
-import type { Db } from '../../db/types.ts';
+import { inOrder, type Db } from '../../db/types.ts';
 import { isSqlState } from '../errors.ts';
 import { clearTables, lockProjectionExclusive, tableFor, type ProjectionDefinition } from '../projections/definition.ts';
 import { fence, setRebuildTimeouts } from './lease.ts';
@@ -37,35 +37,40 @@ export async function startRebuild(
 ): Promise<RebuildRow> {
   return withLockRetries(options, (lockTimeoutMs) =>
     db.transaction(async (tx) => {
-      await setRebuildTimeouts(tx, lockTimeoutMs);
-      const rebuild = await fence(tx, lease);
+      const [, rebuild] = await inOrder([setRebuildTimeouts(tx, lockTimeoutMs), fence(tx, lease)]);
       if (rebuild.phase !== 'starting') return rebuild;
-      await lockProjectionExclusive(tx, definition.name);
-
-      // New statements from here on: their snapshots see every append that held the shared lock.
       const table = tableFor(definition.name, rebuild.version);
-      await tx.query(
-        `insert into projections (name, version, kind, state)
-         values ($1, $2, $3, 'rebuilding')
-         on conflict (name, version) do update
-           set state = 'rebuilding', checkpoint = 0, gaps = '[]'::jsonb, lease_owner = null, lease_expires_at = null,
-               updated_at = now()`,
-        [definition.name, rebuild.version, definition.kind],
-      );
+      // Before the lock, so that writers do not wait for DDL: in-place the table exists already (a
+      // no-op); blue-green it belongs to a version no append writes to until the state below says
+      // `rebuilding`, and that is written under the lock.
       await definition.createTable(tx, table);
-      await clearTables(tx, definition, rebuild.version, 'truncate');
-      await tx.query('delete from projection_skips where projection = $1 and version = $2', [
-        definition.name,
-        rebuild.version,
+
+      // The lock and everything after it, sent together: one round trip, so the time writers queue
+      // behind the lock is the server's work, not client round trips on a busy machine. The server
+      // runs them in order; each statement after the lock takes its snapshot after the lock was
+      // granted, so it sees every append that held the shared lock. A lock timeout fails the lock
+      // statement first, and the rest only echo it (inOrder reports the first).
+      const [, , , , [row]] = await inOrder([
+        lockProjectionExclusive(tx, definition.name),
+        tx.query(
+          `insert into projections (name, version, kind, state)
+           values ($1, $2, $3, 'rebuilding')
+           on conflict (name, version) do update
+             set state = 'rebuilding', checkpoint = 0, gaps = '[]'::jsonb, lease_owner = null, lease_expires_at = null,
+                 updated_at = now()`,
+          [definition.name, rebuild.version, definition.kind],
+        ),
+        clearTables(tx, definition, rebuild.version, 'truncate'),
+        tx.query('delete from projection_skips where projection = $1 and version = $2', [definition.name, rebuild.version]),
+        tx.query<RebuildRow>(
+          `update rebuilds
+              set phase = 'replaying', checkpoint = 0, events_replayed = 0, skips_drained = 0, updated_at = now(),
+                  target_position = (select coalesce(max(global_position), 0) from events)
+            where rebuild_id = $1::uuid
+            returning rebuild_id::text, phase, target_position, version, checkpoint`,
+          [lease.rebuildId],
+        ),
       ]);
-      const [row] = await tx.query<RebuildRow>(
-        `update rebuilds
-            set phase = 'replaying', checkpoint = 0, events_replayed = 0, skips_drained = 0, updated_at = now(),
-                target_position = (select coalesce(max(global_position), 0) from events)
-          where rebuild_id = $1::uuid
-          returning rebuild_id::text, phase, target_position, version, checkpoint`,
-        [lease.rebuildId],
-      );
       return { ...rebuild, ...row! };
     }),
   );
