@@ -186,6 +186,9 @@ export interface FlipRun {
   phaseP99: number;
   phaseMax: number;
   phaseCount: number;
+  /** Appends during a rebuild (replay and drain competing for the cores) that overlap no Start or Flip. */
+  duringP99: number;
+  duringCount: number;
   rebuilds: number;
   flipAttempts: number;
 }
@@ -193,9 +196,12 @@ export interface FlipRun {
 /**
  * Scenario 3, one repetition: `concurrency` writers append continuously (ledgerline, order summary
  * inline). First `steadyMs` with no rebuild; then `rebuilds` blue-green rebuilds back to back. An
- * append counts for "Start/Flip" when its interval overlaps a Start or Flip transaction.
+ * append counts for "Start/Flip" when its interval overlaps a Start or Flip transaction. After Start
+ * the replay waits `settleMs`, so that the appends overlapping Start finish before the replay's
+ * batches compete with them for the same two cores: the figure is Start's stall, not the replay's
+ * load. That load is reported apart: appends during a rebuild that overlap neither.
  */
-export async function flipRun(serverUrl: string, concurrency: number, seedEvents: number, steadyMs: number, rebuilds: number): Promise<FlipRun> {
+export async function flipRun(serverUrl: string, concurrency: number, seedEvents: number, steadyMs: number, rebuilds: number, settleMs = 500): Promise<FlipRun> {
   const d = await freshDatabase(serverUrl, { max: concurrency + 4 });
   try {
     await ensureProjection(d.db, orderSummary);
@@ -217,12 +223,15 @@ export async function flipRun(serverUrl: string, concurrency: number, seedEvents
     await sleep(steadyMs);
     const steadyTo = now();
     const windows: Array<[number, number]> = [];
+    const spans: Array<[number, number]> = [];
     let flipAttempts = 0;
     for (let r = 0; r < rebuilds; r++) {
+      const r0 = now();
       const { lease } = await acquireRebuild(d.db, orderSummary, { owner: `bench-${r}`, mode: 'blue-green' });
       const s0 = now();
       await startRebuild(d.db, orderSummary, lease);
       windows.push([s0, now()]);
+      await sleep(settleMs);
       while (!(await replay(d.db, orderSummary, lease, { batchSize: 5_000 })).done);
       let lockTimeoutMs = 100;
       for (;;) {
@@ -235,12 +244,16 @@ export async function flipRun(serverUrl: string, concurrency: number, seedEvents
         lockTimeoutMs = Math.min(lockTimeoutMs * 2, 5_000);
       }
       await releaseRebuild(d.db, orderSummary, lease.rebuildId);
+      spans.push([r0, now()]);
+      await sleep(settleMs);
     }
     stop = true;
     await Promise.all(writers);
     const latency = ([a, b]: [number, number]) => b - a;
     const steady = samples.filter(([a, b]) => a >= steadyFrom && b <= steadyTo).map(latency).sort((x, y) => x - y);
-    const phase = samples.filter(([a, b]) => windows.some(([w0, w1]) => a < w1 && b > w0)).map(latency).sort((x, y) => x - y);
+    const overlaps = ([a, b]: [number, number], ranges: Array<[number, number]>) => ranges.some(([w0, w1]) => a < w1 && b > w0);
+    const phase = samples.filter((x) => overlaps(x, windows)).map(latency).sort((x, y) => x - y);
+    const during = samples.filter((x) => !overlaps(x, windows) && spans.some(([s0, s1]) => x[0] >= s0 && x[1] <= s1)).map(latency).sort((x, y) => x - y);
     return {
       steadyP99: percentile(steady, 99),
       steadyMax: steady[steady.length - 1] ?? NaN,
@@ -248,6 +261,8 @@ export async function flipRun(serverUrl: string, concurrency: number, seedEvents
       phaseP99: percentile(phase, 99),
       phaseMax: phase[phase.length - 1] ?? NaN,
       phaseCount: phase.length,
+      duringP99: percentile(during, 99),
+      duringCount: during.length,
       rebuilds,
       flipAttempts,
     };
