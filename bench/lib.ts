@@ -45,15 +45,10 @@ export function sectionDoc(event: { id: string; type: string; data: Record<strin
 
 /** The order summary's merge (newest section by its `order` key), as in functions/domain/order-summary.ts. */
 export const MERGE_SECTIONS = `
-  sections = (
-    select jsonb_object_agg(k,
-             case
-               when cur.sections->k is null then excluded.sections->k
-               when excluded.sections->k is null then cur.sections->k
-               when excluded.sections->k->>'order' collate "C" > cur.sections->k->>'order' collate "C" then excluded.sections->k
-               else cur.sections->k
-             end)
-      from jsonb_object_keys(cur.sections || excluded.sections) as k),
+  sections = cur.sections || coalesce((
+    select jsonb_object_agg(k, v)
+      from jsonb_each(excluded.sections) as e(k, v)
+     where cur.sections->k is null or v->>'order' collate "C" > cur.sections->k->>'order' collate "C"), '{}'::jsonb),
   events_applied = cur.events_applied + excluded.events_applied,
   last_global_position = greatest(cur.last_global_position, excluded.last_global_position),
   updated_at = now()`;

@@ -118,17 +118,14 @@ export const orderSummary: ProjectionDefinition = {
        select d->>'orderId', d->'sections', (d->>'count')::int, (d->>'last')::bigint
          from jsonb_array_elements($1::jsonb) as d
        on conflict (order_id) do update set
-         sections = (
-           select jsonb_object_agg(k,
-                    case
-                      when cur.sections->k is null then excluded.sections->k
-                      when excluded.sections->k is null then cur.sections->k
-                      -- byte order ("C"), as in JS, whatever the database's collation
-                      when excluded.sections->k->>'order' collate "C" > cur.sections->k->>'order' collate "C"
-                        then excluded.sections->k
-                      else cur.sections->k
-                    end)
-             from jsonb_object_keys(cur.sections || excluded.sections) as k),
+         -- Only the incoming sections are looked at: each replaces the stored one when there is
+         -- none or it is newer (byte order, "C", as in JS, whatever the database's collation; a
+         -- tie keeps the stored one, as newer() does). Iterating every stored section as well
+         -- cost a third of a replay batch's upsert.
+         sections = cur.sections || coalesce((
+           select jsonb_object_agg(k, v)
+             from jsonb_each(excluded.sections) as e(k, v)
+            where cur.sections->k is null or v->>'order' collate "C" > cur.sections->k->>'order' collate "C"), '{}'::jsonb),
          events_applied = cur.events_applied + excluded.events_applied,
          last_global_position = greatest(cur.last_global_position, excluded.last_global_position),
          updated_at = now()`,
