@@ -2,6 +2,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem, release, platform } from 'node:os';
 import { parseArgs } from 'node:util';
 import { ensureProjection } from '../functions/core/projections/ensure.ts';
+import { REPLAY_BATCH_SIZE } from '../functions/core/rebuild/replay.ts';
 import { createPostgresDb } from '../functions/db/postgres.ts';
 import { orderSummary } from '../functions/domain/order-summary.ts';
 import { startEmbeddedPostgres, type RunningPostgres } from '../functions/local/embedded-postgres.ts';
@@ -19,6 +20,7 @@ const { values: args } = parseArgs({
     reps: { type: 'string', default: '3' },
     'append-seconds': { type: 'string', default: '4' },
     'replay-events': { type: 'string', default: '1000000' },
+    'replay-batch': { type: 'string' },
     'row-by-row-events': { type: 'string', default: '50000' },
     'flip-seed-events': { type: 'string', default: '100000' },
     'hold-seconds': { type: 'string', default: '10' },
@@ -34,7 +36,8 @@ const P = {
   appendMs: (quick ? 1 : Number(args['append-seconds'])) * 1000,
   concurrencies: [1, 8, 32],
   replayEvents: quick ? 50_000 : Number(args['replay-events']),
-  replayBatch: 5_000,
+  // The engine's default (replay.ts), unless given: what a rebuild uses when nobody tunes it.
+  replayBatch: args['replay-batch'] ? Number(args['replay-batch']) : REPLAY_BATCH_SIZE,
   rowByRowEvents: quick ? 5_000 : Number(args['row-by-row-events']),
   flipSeedEvents: quick ? 20_000 : Number(args['flip-seed-events']),
   flipConcurrency: 32,

@@ -120,7 +120,7 @@ export async function replayRun(db: Db, events: number, rowByRowEvents: number, 
   while (!(await replay(db, orderSummary, lease, { batchSize, maxMs: 600_000 })).done);
   const replayMs = now() - r0;
   // The rest (drain, flip, release) as every rebuild runs it; replay is done, so it starts at drain.
-  await continueRebuild(db, orderSummary, lease, { batchSize });
+  await continueRebuild(db, orderSummary, lease);
   const wholeRebuildMs = now() - t0;
 
   await db.query('drop table if exists lb_order_summary');
@@ -232,10 +232,10 @@ export async function flipRun(serverUrl: string, concurrency: number, seedEvents
       await startRebuild(d.db, orderSummary, lease);
       windows.push([s0, now()]);
       await sleep(settleMs);
-      while (!(await replay(d.db, orderSummary, lease, { batchSize: 5_000 })).done);
+      while (!(await replay(d.db, orderSummary, lease)).done);
       let lockTimeoutMs = 100;
       for (;;) {
-        await drain(d.db, orderSummary, lease, { batchSize: 5_000 });
+        await drain(d.db, orderSummary, lease);
         const f0 = now();
         const flip = await flipRebuild(d.db, orderSummary, lease, { lockTimeoutMs });
         windows.push([f0, now()]);

@@ -6,6 +6,16 @@ import { catchUpAsync } from './async-catch-up.ts';
 import { fence, setRebuildTimeouts } from './lease.ts';
 import type { RebuildHooks, RebuildLease, RebuildRow } from './types.ts';
 
+/**
+ * Events per replay batch (one transaction). A batch is folded per key in memory before one write
+ * per key, so larger batches write each row less often: on the bench's log (10,000 orders, their
+ * events interleaved) 5,000-event batches replayed about 19,000 events/s and 20,000-event batches
+ * about 30,000. The cost is memory: the batch's events are held in the process at once (about
+ * 20 MB for 20,000 events of 0.5 KB; the rebuild Lambda has 1 GB); lower `batchSize` for large
+ * events. Drain and Flip keep 5,000: their batches are small, and Flip's run under the lock.
+ */
+export const REPLAY_BATCH_SIZE = 20_000;
+
 export interface BudgetOptions {
   batchSize?: number;
   /** Stop starting new batches after this long; the caller (a Lambda) calls again. */
@@ -30,7 +40,7 @@ export interface ReplayResult {
  * Returns within the time budget with the checkpoint; calling it again continues from there.
  */
 export async function replay(db: Db, definition: ProjectionDefinition, lease: RebuildLease, options: BudgetOptions = {}): Promise<ReplayResult> {
-  const batchSize = options.batchSize ?? 5_000;
+  const batchSize = options.batchSize ?? REPLAY_BATCH_SIZE;
   const deadline = Date.now() + (options.maxMs ?? 60_000);
   const maxBatches = options.maxBatches ?? Number.POSITIVE_INFINITY;
   const types = JSON.stringify(definition.eventTypes);

@@ -41,7 +41,8 @@ export async function continueRebuild(
   options: Omit<RunOptions, keyof AcquireOptions> = {},
 ): Promise<void> {
   const between = options.betweenSteps ?? (async () => {});
-  const budget = { batchSize: options.batchSize ?? 5_000, maxMs: 10_000, ...(options.hooks ? { hooks: options.hooks } : {}) };
+  // Each step's own batch default (replay's is larger) unless the caller chose one for all.
+  const budget = { ...(options.batchSize ? { batchSize: options.batchSize } : {}), maxMs: 10_000, ...(options.hooks ? { hooks: options.hooks } : {}) };
   await startRebuild(db, definition, lease);
   await between('start');
   while (!(await replay(db, definition, lease, budget)).done) await between('replay');
@@ -52,7 +53,7 @@ export async function continueRebuild(
     const drained = await drain(db, definition, lease, budget);
     await between('drain');
     if (drained.phase !== 'draining') break;
-    const flip = await flipRebuild(db, definition, lease, { lockTimeoutMs, batchSize: budget.batchSize, ...(options.hooks ? { hooks: options.hooks } : {}) });
+    const flip = await flipRebuild(db, definition, lease, { lockTimeoutMs, ...(options.batchSize ? { batchSize: options.batchSize } : {}), ...(options.hooks ? { hooks: options.hooks } : {}) });
     if (flip.flipped || flip.phase !== 'draining') break;
     await sleep(Math.round(lockTimeoutMs * Math.random()));
     lockTimeoutMs = Math.min(lockTimeoutMs * 2, maxLockTimeoutMs);
