@@ -23,7 +23,7 @@ export interface AppendResult {
  * Scenario 1. One system, one concurrency, one repetition, on a fresh database: `concurrency`
  * closed loops, each appending one event at a time to its own 50 order streams, for `durationMs`.
  */
-export async function appendRun(system: 'ledgerline' | 'raw' | 'emmett', serverUrl: string, concurrency: number, durationMs: number): Promise<AppendResult> {
+export async function appendRun(system: 'ledgerline' | 'raw' | 'raw-tx' | 'emmett', serverUrl: string, concurrency: number, durationMs: number): Promise<AppendResult> {
   const d = await freshDatabase(serverUrl, { migrated: system === 'ledgerline', max: concurrency });
   try {
     const randoms = Array.from({ length: concurrency }, (_, w) => prng(1000 + w));
@@ -36,7 +36,7 @@ export async function appendRun(system: 'ledgerline' | 'raw' | 'emmett', serverU
         return d.db.transaction((tx) => appendToStream(tx, `order-${orderId}`, [{ type, data }], { projections: [orderSummary] }));
       });
     }
-    if (system === 'raw') {
+    if (system === 'raw' || system === 'raw-tx') {
       await d.db.query(`create table raw_events (
         global_position bigint generated always as identity primary key, stream_id text not null, stream_position bigint not null,
         event_id uuid not null unique, type text not null, data jsonb not null, metadata jsonb not null default '{}',
@@ -57,7 +57,10 @@ export async function appendRun(system: 'ledgerline' | 'raw' | 'emmett', serverU
         const version = (versions.get(orderId) ?? 0) + 1;
         versions.set(orderId, version);
         const { name, doc } = sectionDoc(event as { id: string; type: string; data: Record<string, unknown> });
-        return d.db.query(statement, [`order-${orderId}`, version, event.id, event.type, JSON.stringify(event.data), orderId, JSON.stringify({ [name]: doc })]);
+        const params = [`order-${orderId}`, version, event.id, event.type, JSON.stringify(event.data), orderId, JSON.stringify({ [name]: doc })];
+        // raw-tx: the same statement inside BEGIN … COMMIT, which is what an append that composes
+        // with the caller's other writes needs; it shows what the explicit transaction costs alone.
+        return system === 'raw' ? d.db.query(statement, params) : d.db.transaction((tx) => tx.query(statement, params));
       });
     }
     const store = await emmettStore(d.url, concurrency);
