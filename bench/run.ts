@@ -41,7 +41,7 @@ const P = {
   rowByRowEvents: quick ? 5_000 : Number(args['row-by-row-events']),
   flipSeedEvents: quick ? 20_000 : Number(args['flip-seed-events']),
   flipConcurrency: 32,
-  flipSteadyMs: quick ? 1_000 : 3_000,
+  flipSteadyMs: quick ? 1_000 : 5_000,
   flipRebuilds: quick ? 1 : 3,
   holdMs: Number(args['hold-seconds']) * 1000,
   lagRate: 200,
