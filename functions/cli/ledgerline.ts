@@ -13,7 +13,9 @@ const USAGE = `usage: ledgerline [--target local|aws] [--stack NAME] [--api URL]
   rebuild start PROJECTION [--mode blue-green|in-place] [--watch]
   rebuild status PROJECTION REBUILD_ID [--watch]
   rebuild cancel PROJECTION REBUILD_ID          abandon a blue-green rebuild (the live version stays)
-  rebuild resume PROJECTION [--watch]           take over a crashed rebuild once its lease expired
+  rebuild resume PROJECTION [REBUILD_ID] [--watch]
+      take over that unfinished rebuild (default: the projection's) once its lease expired;
+      never starts a new one
   dlq list                                      dead-letter queues and their depth
   dlq inspect ingest|failures [--max N]         read messages without consuming them
   dlq redrive ingest|failures [--dry-run] [--max N]
@@ -83,7 +85,10 @@ export async function main(argv: string[], out: (line: string) => void = console
       if (sub === 'start' || sub === 'resume') {
         const mode = o.mode ?? 'blue-green';
         if (mode !== 'blue-green' && mode !== 'in-place') throw new CliError('--mode must be blue-green or in-place', EXIT.usage);
-        const started = expectOk(await target.api('POST', `/projections/${encodeURIComponent(projection)}/rebuilds`, { mode }));
+        // resume names the rebuild, so that the API takes over exactly it or refuses
+        // (REBUILD_NOT_RESUMABLE when it ended meanwhile); it never starts a fresh one.
+        const body = sub === 'resume' ? { resume: rest[1] ?? (await unfinishedRebuild(target, projection)) } : { mode };
+        const started = expectOk(await target.api('POST', `/projections/${encodeURIComponent(projection)}/rebuilds`, body));
         if (!o.watch) {
           print(started, () => `rebuild ${started.rebuildId} of ${projection} (${started.mode}, version ${started.version}) started`);
           return EXIT.ok;
@@ -137,7 +142,15 @@ export async function main(argv: string[], out: (line: string) => void = console
             resumed.push({ projection, status: 0 });
             return false;
           }
-          const reply = await target.api('POST', `/projections/${encodeURIComponent(projection)}/rebuilds`, { mode: body.state?.mode ?? 'blue-green' });
+          // The failed execution's rebuild, by id: if it ended meanwhile (resumed by someone else,
+          // cancelled), the API refuses and nothing new starts. Without a lease it failed before
+          // acquiring anything, and a start is what resuming it means.
+          const rebuildId = body.state?.lease?.rebuildId;
+          const reply = await target.api(
+            'POST',
+            `/projections/${encodeURIComponent(projection)}/rebuilds`,
+            rebuildId ? { resume: rebuildId } : { mode: body.state?.mode ?? 'blue-green' },
+          );
           resumed.push({ projection, status: reply.status, rebuildId: reply.body?.rebuildId });
           return reply.status === 202;
         });
@@ -174,6 +187,15 @@ function expectOk(reply: { status: number; body: any }): any {
   const message = `${reply.body?.error?.code ?? `HTTP ${reply.status}`}: ${reply.body?.error?.message ?? ''}`;
   const code = reply.status === 404 ? EXIT.notFound : reply.status === 409 ? EXIT.conflict : reply.status < 500 ? EXIT.usage : EXIT.unavailable;
   throw new CliError(message, code);
+}
+
+/** The projection's unfinished rebuild (starting, replaying or draining), as GET /projections reports it. */
+async function unfinishedRebuild(target: Target, projection: string): Promise<string> {
+  const list = expectOk(await target.api('GET', '/projections')) as Array<{ name: string; rebuild: { rebuildId: string } | null }>;
+  const found = list.find((p) => p.name === projection);
+  if (!found) throw new CliError(`no projection named ${projection}`, EXIT.notFound);
+  if (!found.rebuild) throw new CliError(`${projection} has no unfinished rebuild to resume`, EXIT.notFound);
+  return found.rebuild.rebuildId;
 }
 
 function need(value: string | undefined, what: string): string {

@@ -192,7 +192,13 @@ export function createApi(deps: ApiDeps): (request: HttpRequest) => Promise<Http
           if (mode !== 'blue-green' && mode !== 'in-place') {
             throw new ValidationError([{ path: 'mode', message: 'must be "blue-green" or "in-place"' }]);
           }
-          const started = await rebuilds.start(definition, mode);
+          // `resume`: take over exactly that rebuild (its lease expired), never start another: a
+          // retried or late "resume" must not begin a fresh rebuild because the old one ended.
+          const resume = input.resume;
+          if (resume !== undefined && (typeof resume !== 'string' || !isUuid(resume))) {
+            throw new ValidationError([{ path: 'resume', message: 'must be a rebuild id (a UUID)' }]);
+          }
+          const started = await rebuilds.start(definition, mode, resume === undefined ? {} : { resume });
           return { status: 202, body: { ...started, projection: definition.name } };
         },
       },

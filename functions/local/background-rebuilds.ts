@@ -18,9 +18,9 @@ type Run = (definition: ProjectionDefinition, mode: RebuildMode, lease: RebuildL
 function backgroundRebuilds(db: Db, run: Run, options: { executionArns?: boolean; idle?: () => Promise<void> } = {}): RebuildStarter & { idle(): Promise<void> } {
   const running = new Set<Promise<unknown>>();
   return {
-    async start(definition, mode) {
-      const { lease, rebuild } = await acquireRebuild(db, definition, { owner: `local-${randomUUID()}`, mode });
-      const execution = run(definition, mode, lease).finally(() => running.delete(execution));
+    async start(definition, mode, starting = {}) {
+      const { lease, rebuild } = await acquireRebuild(db, definition, { owner: `local-${randomUUID()}`, mode, ...starting });
+      const execution = run(definition, rebuild.mode, lease).finally(() => running.delete(execution));
       running.add(execution);
       return {
         rebuildId: lease.rebuildId,

@@ -18,9 +18,10 @@ export function executionName(lease: RebuildLease): string {
 
 export function stepFunctionsRebuilds(db: Db, sfn: SFNClient, stateMachineArn: string): RebuildStarter {
   return {
-    async start(definition, mode) {
-      const { lease, rebuild } = await acquireRebuild(db, definition, { owner: `api-${Date.now()}`, mode });
-      const input: RebuildInput = { projection: definition.name, mode, lease };
+    async start(definition, mode, options = {}) {
+      const { lease, rebuild } = await acquireRebuild(db, definition, { owner: `api-${Date.now()}`, mode, ...options });
+      // A takeover keeps the rebuild's own mode, whatever the request said.
+      const input: RebuildInput = { projection: definition.name, mode: rebuild.mode, lease };
       const execution = await sfn.send(
         new StartExecutionCommand({ stateMachineArn, name: executionName(lease), input: JSON.stringify(input) }),
       );

@@ -74,6 +74,9 @@ describe('the ledgerline CLI', () => {
     expect((await cli('bogus')).code).toBe(2);
     expect((await cli('rebuild', 'start', 'no_such_projection')).code).toBe(3);
     expect((await cli('rebuild', 'status', 'order_summary', randomUUID())).code).toBe(3);
+    // resume never starts a rebuild: with none unfinished, or an unknown id, it refuses.
+    expect((await cli('rebuild', 'resume', 'order_summary')).code).toBe(3);
+    expect((await cli('rebuild', 'resume', 'order_summary', randomUUID())).code).toBe(3);
     expect((await cli('--api', 'http://127.0.0.1:9', 'projections')).code).toBe(5);
   });
 

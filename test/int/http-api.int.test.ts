@@ -100,6 +100,27 @@ describe('the HTTP API', () => {
     expect(list.body.map((p: { name: string }) => p.name)).toEqual(['customer_totals', 'order_summary']);
   });
 
+  it('resumes exactly the named rebuild, and refuses (never starts another) once it has ended', async () => {
+    const { acquireRebuild } = await import('../../functions/core/rebuild/acquire.ts');
+    const { orderSummary } = await import('../../functions/domain/order-summary.ts');
+    // A worker that crashed: its lease runs out at once.
+    const { lease } = await acquireRebuild(db, orderSummary, { owner: 'crashed', mode: 'blue-green', leaseMs: 1 });
+    await new Promise((r) => setTimeout(r, 20));
+    const resumed = await call('POST', '/projections/order_summary/rebuilds', { resume: lease.rebuildId });
+    expect(resumed).toMatchObject({ status: 202, body: { rebuildId: lease.rebuildId, mode: 'blue-green' } });
+    await rebuilds.idle();
+    expect((await call('GET', `/projections/order_summary/rebuilds/${lease.rebuildId}`)).body.phase).toBe('done');
+
+    // A late or repeated resume (a redriven failure message, say) finds it ended: 409, and nothing starts.
+    const late = await call('POST', '/projections/order_summary/rebuilds', { resume: lease.rebuildId });
+    expect(late).toMatchObject({ status: 409, body: { error: { code: 'REBUILD_NOT_RESUMABLE', details: { rebuildId: lease.rebuildId, phase: 'done' } } } });
+    const list = await call('GET', '/projections');
+    expect(list.body.find((p: { name: string }) => p.name === 'order_summary').rebuild).toBeNull();
+
+    expect(await call('POST', '/projections/order_summary/rebuilds', { resume: randomUUID() })).toMatchObject({ status: 404, body: { error: { code: 'REBUILD_NOT_FOUND' } } });
+    expect(await call('POST', '/projections/order_summary/rebuilds', { resume: 'yesterday' })).toMatchObject({ status: 400, body: { error: { code: 'VALIDATION_FAILED' } } });
+  });
+
   it('cancels an abandoned rebuild through DELETE, leaving the live version serving', async () => {
     const { acquireRebuild } = await import('../../functions/core/rebuild/acquire.ts');
     const { orderSummary } = await import('../../functions/domain/order-summary.ts');
