@@ -3,7 +3,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { resetBreakages, breakages } from '../../functions/core/breakages.ts';
 import { appendToStream } from '../../functions/core/event-store/index.ts';
 import type { NewEvent } from '../../functions/core/event-store/types.ts';
-import { tableFor } from '../../functions/core/projections/definition.ts';
+import { LOCK_KEY_SQL, tableFor, type ProjectionDefinition } from '../../functions/core/projections/definition.ts';
+import { ident } from '../../functions/core/sql-ident.ts';
 import { ensureProjection, resolveReadTarget } from '../../functions/core/projections/ensure.ts';
 import {
   acquireRebuild,
@@ -346,5 +347,50 @@ describe('flip and in-flight appends', () => {
     resetBreakages();
     await runRebuild(db, orderSummary, { owner: 'repair' });
     await expectReadModelMatchesLog(db, await liveTable());
+  });
+});
+
+describe('in-place Start and DDL on the live table', () => {
+  it("runs the definition's DDL on the live table only under the lock: no deadlock with an append between its lock and its write", async () => {
+    // A projection whose createTable also makes an index: `create index if not exists` takes a
+    // ShareLock on the (existing) live table before it finds the index there.
+    const indexed: ProjectionDefinition = {
+      name: 'indexed_counts',
+      kind: 'inline',
+      eventTypes: ['OrderCreated'],
+      async createTable(tx, table) {
+        await tx.query(`create table if not exists ${ident(table)} (stream_id text primary key, n integer not null)`);
+        await tx.query(`create index if not exists ${ident(`${table}_n`)} on ${ident(table)} (n)`);
+      },
+      async apply(tx, table, events) {
+        for (const e of events) {
+          await tx.query(`insert into ${ident(table)} as t values ($1, 1) on conflict (stream_id) do update set n = t.n + 1`, [e.streamId]);
+        }
+      },
+    };
+    await ensureProjection(db, indexed);
+    const { lease } = await acquireRebuild(db, indexed, { owner: 'ddl', mode: 'in-place' });
+
+    // An append between its shared lock and its write to the live table, held there: the two
+    // statements an append makes, with the gap between them widened.
+    let release!: () => void;
+    let locked!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const hasLocked = new Promise<void>((r) => (locked = r));
+    const append = db.transaction(async (tx) => {
+      await tx.query(`select pg_advisory_xact_lock_shared(${LOCK_KEY_SQL('$1::text')})`, [indexed.name]);
+      locked();
+      await gate;
+      await tx.query(`insert into ${ident(tableFor(indexed.name, 1))} as t values ('s', 1) on conflict (stream_id) do update set n = t.n + 1`);
+    });
+    await hasLocked;
+    const start = startRebuild(db, indexed, lease, { lockTimeoutMs: 10_000 });
+    await new Promise((r) => setTimeout(r, 300)); // Start is waiting for the exclusive lock
+    release();
+    // With the DDL before the lock, Start would hold the table's ShareLock while waiting for the
+    // append's advisory lock, and the append's insert would wait for that ShareLock: 40P01.
+    await expect(append).resolves.toBeUndefined();
+    await expect(start).resolves.toMatchObject({ phase: 'replaying' });
+    await cancelRebuild(db, indexed, lease.rebuildId).catch(() => undefined);
   });
 });

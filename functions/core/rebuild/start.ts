@@ -40,10 +40,15 @@ export async function startRebuild(
       const [, rebuild] = await inOrder([setRebuildTimeouts(tx, lockTimeoutMs), fence(tx, lease)]);
       if (rebuild.phase !== 'starting') return rebuild;
       const table = tableFor(definition.name, rebuild.version);
-      // Before the lock, so that writers do not wait for DDL: in-place the table exists already (a
-      // no-op); blue-green it belongs to a version no append writes to until the state below says
-      // `rebuilding`, and that is written under the lock.
-      await definition.createTable(tx, table);
+      // Blue-green: the new version's table before the lock, so that writers do not wait for DDL;
+      // no append writes to it until the state below says `rebuilding`, and that is written under
+      // the lock. In-place the table is the live one, which appends write: DDL on it (a `create
+      // index if not exists` locks the table before it checks) could wait for an append that holds
+      // the shared lock while that append waits for our table lock, a deadlock. So there it stays
+      // after the lock, where no append holds the shared lock.
+      if (rebuild.mode === 'blue-green') await definition.createTable(tx, table);
+      const locked = lockProjectionExclusive(tx, definition.name);
+      if (rebuild.mode !== 'blue-green') await inOrder([locked, definition.createTable(tx, table)]);
 
       // The lock and everything after it, sent together: one round trip, so the time writers queue
       // behind the lock is the server's work, not client round trips on a busy machine. The server
@@ -51,7 +56,7 @@ export async function startRebuild(
       // granted, so it sees every append that held the shared lock. A lock timeout fails the lock
       // statement first, and the rest only echo it (inOrder reports the first).
       const [, , , , [row]] = await inOrder([
-        lockProjectionExclusive(tx, definition.name),
+        locked,
         tx.query(
           `insert into projections (name, version, kind, state)
            values ($1, $2, $3, 'rebuilding')
