@@ -2,7 +2,8 @@ import { projections } from '@event-driven-io/emmett';
 import { getPostgreSQLEventStore, postgreSQLRawSQLProjection } from '@event-driven-io/emmett-postgresql';
 import { literal, plainString, SQL } from '@event-driven-io/dumbo';
 import pg from 'pg';
-import { MERGE_SECTIONS, sectionDoc, SUMMARY_COLUMNS } from './lib.ts';
+import { ORDER_SUMMARY_COLUMNS, ORDER_SUMMARY_MERGE } from '../functions/domain/order-summary.ts';
+import { sectionDoc } from './lib.ts';
 
 /**
  * Emmett (`@event-driven-io/emmett-postgresql`), the leading TypeScript event store, set up the way
@@ -13,7 +14,7 @@ import { MERGE_SECTIONS, sectionDoc, SUMMARY_COLUMNS } from './lib.ts';
  */
 export async function emmettStore(url: string, concurrency: number) {
   const pool = new pg.Pool({ connectionString: url, max: concurrency });
-  await pool.query(`create table if not exists emmett_order_summary (${SUMMARY_COLUMNS})`);
+  await pool.query(`create table if not exists emmett_order_summary (${ORDER_SUMMARY_COLUMNS})`);
   const summary = postgreSQLRawSQLProjection({
     name: 'order_summary',
     canHandle: ['OrderCreated', 'InventoryReserved', 'PaymentProcessed', 'ShippingCalculated', 'LoyaltyPointsUpdated'],
@@ -22,7 +23,7 @@ export async function emmettStore(url: string, concurrency: number) {
       const { name, doc } = sectionDoc({ id, type: event.type, data: event.data });
       return SQL`insert into emmett_order_summary as cur (order_id, sections, events_applied, last_global_position)
                  values (${literal(String(event.data.orderId))}, ${literal(JSON.stringify({ [name]: doc }))}::jsonb, 1, ${plainString(String(event.metadata.globalPosition))})
-                 on conflict (order_id) do update set ${plainString(MERGE_SECTIONS)}`;
+                 on conflict (order_id) do update set ${plainString(ORDER_SUMMARY_MERGE)}`;
     },
   } as never);
   const store = getPostgreSQLEventStore(url, {

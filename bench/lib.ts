@@ -3,7 +3,8 @@ import { createPostgresDb } from '../functions/db/postgres.ts';
 import type { Db } from '../functions/db/types.ts';
 import { migrate } from '../functions/db/migrate.ts';
 import { loadMigrations } from '../functions/db/migrations-dir.ts';
-import type { NewEvent } from '../functions/core/event-store/types.ts';
+import type { JsonObject, NewEvent } from '../functions/core/event-store/types.ts';
+import { sectionOf, type Section } from '../functions/domain/order-summary.ts';
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 export const now = () => performance.now();
@@ -12,13 +13,6 @@ export { prng } from '../test/support/prng.ts';
 
 /** The five observation types of the order summary, round robin, with a random source time. */
 const TYPES = ['OrderCreated', 'InventoryReserved', 'PaymentProcessed', 'ShippingCalculated', 'LoyaltyPointsUpdated'] as const;
-const SECTION: Record<string, string> = {
-  OrderCreated: 'customer',
-  InventoryReserved: 'inventory',
-  PaymentProcessed: 'payment',
-  ShippingCalculated: 'shipping',
-  LoyaltyPointsUpdated: 'loyalty',
-};
 
 export function orderEvent(random: () => number, orderId: string, i: number): NewEvent & { id: string } {
   const type = TYPES[i % TYPES.length]!;
@@ -34,31 +28,14 @@ export function orderEvent(random: () => number, orderId: string, i: number): Ne
 }
 
 /**
- * The order-summary section an event becomes: what ledgerline's `apply` computes in JS before its
- * upsert, computed the same way for the raw-SQL and Emmett baselines so all three do the same work.
+ * The order-summary section an event becomes: ledgerline's own `sectionOf`, so that the raw-SQL and
+ * Emmett baselines upsert exactly the document ledgerline's `apply` computes (observations only:
+ * their section depends on no stored-event field but the id, type and data).
  */
-export function sectionDoc(event: { id: string; type: string; data: Record<string, unknown> }): { name: string; doc: Record<string, unknown> } {
-  const { orderId: _o, occurredAt, ...data } = event.data;
-  const at = new Date(String(occurredAt)).toISOString();
-  return { name: SECTION[event.type]!, doc: { at, eventId: event.id, type: event.type, data, order: `${at}|${event.id}` } };
+export function sectionDoc(event: { id: string; type: string; data: Record<string, unknown> }): { name: string; doc: Section } {
+  const [name, doc] = sectionOf({ ...event, data: event.data as JsonObject, streamId: '', streamPosition: 0, globalPosition: 0, metadata: {}, recordedAt: '' })!;
+  return { name, doc };
 }
-
-/** The order summary's merge (newest section by its `order` key), as in functions/domain/order-summary.ts. */
-export const MERGE_SECTIONS = `
-  sections = cur.sections || coalesce((
-    select jsonb_object_agg(k, v)
-      from jsonb_each(excluded.sections) as e(k, v)
-     where cur.sections->k is null or v->>'order' collate "C" > cur.sections->k->>'order' collate "C"), '{}'::jsonb),
-  events_applied = cur.events_applied + excluded.events_applied,
-  last_global_position = greatest(cur.last_global_position, excluded.last_global_position),
-  updated_at = now()`;
-
-export const SUMMARY_COLUMNS = `
-  order_id             text primary key,
-  sections             jsonb       not null default '{}'::jsonb,
-  events_applied       integer     not null default 0,
-  last_global_position bigint      not null default 0,
-  updated_at           timestamptz not null default now()`;
 
 export interface Stats {
   median: number;

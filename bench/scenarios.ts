@@ -5,10 +5,10 @@ import { ensureProjection } from '../functions/core/projections/ensure.ts';
 import { acquireRebuild, continueRebuild, replay, startRebuild } from '../functions/core/rebuild/index.ts';
 import type { Db } from '../functions/db/types.ts';
 import { customerTotals } from '../functions/domain/customer-totals.ts';
-import { orderSummary } from '../functions/domain/order-summary.ts';
+import { ORDER_SUMMARY_COLUMNS, ORDER_SUMMARY_MERGE, orderSummary } from '../functions/domain/order-summary.ts';
 import { Worker } from 'node:worker_threads';
 import { emmettStore } from './emmett.ts';
-import { closedLoop, freshDatabase, MERGE_SECTIONS, now, orderEvent, percentile, prng, sectionDoc, sleep, SUMMARY_COLUMNS } from './lib.ts';
+import { closedLoop, freshDatabase, now, orderEvent, percentile, prng, sectionDoc, sleep } from './lib.ts';
 
 const ORDERS_PER_WORKER = 50;
 const streamOf = (w: number, i: number) => `b${w}-${i % ORDERS_PER_WORKER}`;
@@ -42,7 +42,7 @@ export async function appendRun(system: 'ledgerline' | 'raw' | 'raw-tx' | 'emmet
         global_position bigint generated always as identity primary key, stream_id text not null, stream_position bigint not null,
         event_id uuid not null unique, type text not null, data jsonb not null, metadata jsonb not null default '{}',
         recorded_at timestamptz not null default now(), unique (stream_id, stream_position))`);
-      await d.db.query(`create table raw_order_summary (${SUMMARY_COLUMNS})`);
+      await d.db.query(`create table raw_order_summary (${ORDER_SUMMARY_COLUMNS})`);
       const versions = new Map<string, number>();
       // One statement per append, autocommit: insert the event and upsert the summary. No stream
       // table, no concurrency check beyond the unique index, no locks: the physical floor.
@@ -51,7 +51,7 @@ export async function appendRun(system: 'ledgerline' | 'raw' | 'raw-tx' | 'emmet
           returning global_position)
         insert into raw_order_summary as cur (order_id, sections, events_applied, last_global_position)
         select $6, $7::jsonb, 1, global_position from ins
-        on conflict (order_id) do update set ${MERGE_SECTIONS}`;
+        on conflict (order_id) do update set ${ORDER_SUMMARY_MERGE}`;
       return await closedLoop(concurrency, durationMs, (w, i) => {
         const orderId = streamOf(w, i);
         const event = orderEvent(randoms[w]!, orderId, i);
@@ -130,7 +130,7 @@ export async function replayRun(db: Db, events: number, rowByRowEvents: number, 
   const wholeRebuildMs = now() - t0;
 
   await db.query('drop table if exists lb_order_summary');
-  await db.query(`create table lb_order_summary (${SUMMARY_COLUMNS})`);
+  await db.query(`create table lb_order_summary (${ORDER_SUMMARY_COLUMNS})`);
   const s0 = now();
   await db.query(
     `insert into lb_order_summary (order_id, sections, events_applied, last_global_position)
@@ -155,9 +155,9 @@ export async function replayRun(db: Db, events: number, rowByRowEvents: number, 
   const setMs = now() - s0;
 
   await db.query('drop table if exists rbr_order_summary');
-  await db.query(`create table rbr_order_summary (${SUMMARY_COLUMNS})`);
+  await db.query(`create table rbr_order_summary (${ORDER_SUMMARY_COLUMNS})`);
   const statement = `insert into rbr_order_summary as cur (order_id, sections, events_applied, last_global_position)
-                     values ($1, $2::jsonb, 1, $3::bigint) on conflict (order_id) do update set ${MERGE_SECTIONS}`;
+                     values ($1, $2::jsonb, 1, $3::bigint) on conflict (order_id) do update set ${ORDER_SUMMARY_MERGE}`;
   const b0 = now();
   let done = 0;
   let after = 0;

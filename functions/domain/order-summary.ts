@@ -77,6 +77,29 @@ function normaliseTime(value: unknown): string | undefined {
   return Number.isNaN(ms) ? undefined : new Date(ms).toISOString();
 }
 
+/** The columns of a version's table (the bench's baselines create theirs with the same). */
+export const ORDER_SUMMARY_COLUMNS = `
+  order_id             text primary key,
+  sections             jsonb       not null default '{}'::jsonb,
+  events_applied       integer     not null default 0,
+  last_global_position bigint      not null default 0,
+  updated_at           timestamptz not null default now()`;
+
+/**
+ * The merge of a partial document into a row, for `on conflict (order_id) do update set …` with the
+ * row as `cur` (the bench's baselines run the same). Only the incoming sections are looked at: each
+ * replaces the stored one when there is none or it is newer (byte order, "C", as in JS, whatever the
+ * database's collation; a tie keeps the stored one, as newer() does).
+ */
+export const ORDER_SUMMARY_MERGE = `
+  sections = cur.sections || coalesce((
+    select jsonb_object_agg(k, v)
+      from jsonb_each(excluded.sections) as e(k, v)
+     where cur.sections->k is null or v->>'order' collate "C" > cur.sections->k->>'order' collate "C"), '{}'::jsonb),
+  events_applied = cur.events_applied + excluded.events_applied,
+  last_global_position = greatest(cur.last_global_position, excluded.last_global_position),
+  updated_at = now()`;
+
 export const orderSummary: ProjectionDefinition = {
   name: 'order_summary',
   kind: 'inline',
@@ -84,13 +107,7 @@ export const orderSummary: ProjectionDefinition = {
 
   async createTable(tx: Tx, table: string) {
     await tx.query(
-      `create table if not exists ${ident(table)} (
-         order_id             text primary key,
-         sections             jsonb       not null default '{}'::jsonb,
-         events_applied       integer     not null default 0,
-         last_global_position bigint      not null default 0,
-         updated_at           timestamptz not null default now()
-       )`,
+      `create table if not exists ${ident(table)} (${ORDER_SUMMARY_COLUMNS})`,
     );
   },
 
@@ -117,18 +134,7 @@ export const orderSummary: ProjectionDefinition = {
       `insert into ${t} as cur (order_id, sections, events_applied, last_global_position)
        select d->>'orderId', d->'sections', (d->>'count')::int, (d->>'last')::bigint
          from jsonb_array_elements($1::jsonb) as d
-       on conflict (order_id) do update set
-         -- Only the incoming sections are looked at: each replaces the stored one when there is
-         -- none or it is newer (byte order, "C", as in JS, whatever the database's collation; a
-         -- tie keeps the stored one, as newer() does). Iterating every stored section as well
-         -- cost a third of a replay batch's upsert.
-         sections = cur.sections || coalesce((
-           select jsonb_object_agg(k, v)
-             from jsonb_each(excluded.sections) as e(k, v)
-            where cur.sections->k is null or v->>'order' collate "C" > cur.sections->k->>'order' collate "C"), '{}'::jsonb),
-         events_applied = cur.events_applied + excluded.events_applied,
-         last_global_position = greatest(cur.last_global_position, excluded.last_global_position),
-         updated_at = now()`,
+       on conflict (order_id) do update set ${ORDER_SUMMARY_MERGE}`,
       [JSON.stringify([...partials.values()])],
     );
   },
