@@ -11,7 +11,7 @@
 --
 -- Statement by statement (each with its own snapshot, in this order):
 -- 1. The shared advisory locks of the inline projections the events feed, in name order (the same
---    keys Start, Flip and Cancel take exclusively: projections/definition.ts LOCK_KEY_SQL). The wait
+--    keys Start, Flip and Cancel take exclusively: projection_lock_key below). The wait
 --    holds nothing yet.
 -- 2. Transaction-local timeouts for the rest of the caller's transaction. statement_timeout starts
 --    only with the caller's next statement, so the waits left in this call (the stream row, a
@@ -32,6 +32,14 @@
 --
 -- p_state_in_lock and p_try_lock_no_skip are the deliberate breakages the fault-injection suite
 -- switches on (functions/core/breakages.ts); in production both are false.
+-- The advisory-lock key of a projection, defined once: the append below takes it shared; Start,
+-- Flip, Cancel and ensureProjection take it exclusively through LOCK_KEY_SQL
+-- (projections/definition.ts), which calls this. Inlined by the planner (a SQL, immutable function).
+create function projection_lock_key(p_name text) returns bigint
+language sql immutable parallel safe as $$
+  select hashtextextended('projection:' || p_name, 0)
+$$;
+
 create function ledgerline_append(
   p_stream_id         text,
   p_events            jsonb,   -- [{id, type, data, metadata}]
@@ -57,7 +65,7 @@ begin
     -- The breakage: the states read in the statement that waits for the locks (a snapshot from
     -- before the wait).
     with locks as materialized (
-      select pg_advisory_xact_lock_shared(hashtextextended('projection:' || n, 0)) from unnest(v_names) as n
+      select pg_advisory_xact_lock_shared(projection_lock_key(n)) from unnest(v_names) as n
     )
     select coalesce(jsonb_agg(jsonb_build_object('name', name, 'version', version, 'state', state)), '[]'::jsonb)
       into v_states
@@ -65,9 +73,9 @@ begin
      where name = any (v_names) and kind = 'inline' and state in ('live', 'rebuilding')
        and (select count(*) from locks) >= 0;
   elsif p_try_lock_no_skip then
-    perform pg_try_advisory_xact_lock_shared(hashtextextended('projection:' || n, 0)) from unnest(v_names) as n;
+    perform pg_try_advisory_xact_lock_shared(projection_lock_key(n)) from unnest(v_names) as n;
   else
-    perform pg_advisory_xact_lock_shared(hashtextextended('projection:' || n, 0)) from unnest(v_names) as n;
+    perform pg_advisory_xact_lock_shared(projection_lock_key(n)) from unnest(v_names) as n;
   end if;
 
   perform set_config('statement_timeout', p_statement_timeout, true),

@@ -45,10 +45,11 @@ export function handles(definition: ProjectionDefinition, type: string): boolean
 }
 
 /**
- * The advisory-lock key of a projection, computed in SQL so that every caller (append, rebuild
- * start, flip, cancel) derives the same bigint: `hashtextextended('projection:' || name, 0)`.
+ * The advisory-lock key of a projection, computed in SQL by `projection_lock_key` (migration 003),
+ * which the append's own function calls too: every caller (append, rebuild start, flip, cancel)
+ * derives the same bigint from one definition.
  */
-export const LOCK_KEY_SQL = (param: string) => `hashtextextended('projection:' || ${param}, 0)`;
+export const LOCK_KEY_SQL = (param: string) => `projection_lock_key(${param})`;
 
 /**
  * The exclusive side of that lock, held to commit: Start, Flip, Cancel and ensureProjection take it
