@@ -57,8 +57,8 @@ declare
   v_states       jsonb := '[]'::jsonb;
   v_current      bigint;
   v_lock_timeout text;
-  v_stored       jsonb;
-  v_inserted     jsonb;
+  v_stored       jsonb := '[]'::jsonb;
+  v_inserted     jsonb := '[]'::jsonb;
   v_count        bigint := jsonb_array_length(p_events);
 begin
   if p_state_in_lock then
@@ -93,11 +93,7 @@ begin
       into v_stored
       from events as e
      where e.event_id in (select (x->>'id')::uuid from jsonb_array_elements(p_events) as x);
-    if jsonb_array_length(v_stored) > 0 then
-      perform set_config('lock_timeout', v_lock_timeout, true);
-      return jsonb_build_object('current', v_current, 'stored', v_stored, 'inserted', '[]'::jsonb, 'states', '[]'::jsonb);
-    end if;
-    if p_expected is null or p_expected = v_current then
+    if jsonb_array_length(v_stored) = 0 and (p_expected is null or p_expected = v_current) then
       update streams as s set version = v_current + v_count, updated_at = now() where s.stream_id = p_stream_id;
     end if;
   else
@@ -116,41 +112,41 @@ begin
     end if;
   end if;
 
-  if p_expected is not null and p_expected <> v_current then
-    perform set_config('lock_timeout', v_lock_timeout, true);
-    return jsonb_build_object('current', v_current, 'stored', '[]'::jsonb, 'inserted', '[]'::jsonb, 'states', '[]'::jsonb);
-  end if;
+  -- Insert only when no id is stored already and the expected version holds; otherwise the caller
+  -- answers from `stored` (a duplicate or a conflict) or `current` (a version conflict).
+  if jsonb_array_length(v_stored) = 0 and (p_expected is null or p_expected = v_current) then
+    -- An append that feeds no inline projection has no states to read.
+    if not p_state_in_lock and cardinality(v_names) > 0 then
+      select coalesce(jsonb_agg(jsonb_build_object('name', p.name, 'version', p.version, 'state', p.state)), '[]'::jsonb)
+        into v_states
+        from projections as p
+       where p.name = any (v_names) and p.kind = 'inline' and p.state in ('live', 'rebuilding');
+    end if;
 
-  if not p_state_in_lock then
-    select coalesce(jsonb_agg(jsonb_build_object('name', p.name, 'version', p.version, 'state', p.state)), '[]'::jsonb)
-      into v_states
-      from projections as p
-     where p.name = any (v_names) and p.kind = 'inline' and p.state in ('live', 'rebuilding');
+    with ins as (
+      insert into events (stream_id, stream_position, event_id, type, data, metadata)
+      select p_stream_id, v_current + t.ord, (t.e->>'id')::uuid, t.e->>'type', t.e->'data', t.e->'metadata'
+        from jsonb_array_elements(p_events) with ordinality as t(e, ord)
+       order by t.ord
+      returning global_position, stream_position, recorded_at, type
+    ),
+    skips as (
+      insert into projection_skips (projection, version, global_position)
+      select st->>'name', (st->>'version')::int, ins.global_position
+        from ins
+        join jsonb_array_elements(v_states) as st on st->>'state' = 'rebuilding' and not p_try_lock_no_skip
+        join jsonb_array_elements(p_projections) as p on p->>'name' = st->>'name'
+       where ins.type in (select jsonb_array_elements_text(p->'types'))
+    )
+    select coalesce(jsonb_agg(jsonb_build_object(
+             'global_position', ins.global_position, 'stream_position', ins.stream_position,
+             'recorded_at', to_char(ins.recorded_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+             order by ins.stream_position), '[]'::jsonb)
+      into v_inserted
+      from ins;
   end if;
-
-  with ins as (
-    insert into events (stream_id, stream_position, event_id, type, data, metadata)
-    select p_stream_id, v_current + t.ord, (t.e->>'id')::uuid, t.e->>'type', t.e->'data', t.e->'metadata'
-      from jsonb_array_elements(p_events) with ordinality as t(e, ord)
-     order by t.ord
-    returning global_position, stream_position, recorded_at, type
-  ),
-  skips as (
-    insert into projection_skips (projection, version, global_position)
-    select st->>'name', (st->>'version')::int, ins.global_position
-      from ins
-      join jsonb_array_elements(v_states) as st on st->>'state' = 'rebuilding' and not p_try_lock_no_skip
-      join jsonb_array_elements(p_projections) as p on p->>'name' = st->>'name'
-     where ins.type in (select jsonb_array_elements_text(p->'types'))
-  )
-  select coalesce(jsonb_agg(jsonb_build_object(
-           'global_position', ins.global_position, 'stream_position', ins.stream_position,
-           'recorded_at', to_char(ins.recorded_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-           order by ins.stream_position), '[]'::jsonb)
-    into v_inserted
-    from ins;
 
   perform set_config('lock_timeout', v_lock_timeout, true);
-  return jsonb_build_object('current', v_current, 'stored', '[]'::jsonb, 'inserted', v_inserted, 'states', v_states);
+  return jsonb_build_object('current', v_current, 'stored', v_stored, 'inserted', v_inserted, 'states', v_states);
 end
 $$;
