@@ -1,9 +1,9 @@
-import { inOrder, type Db, type Tx } from '../../db/types.ts';
+import type { Db, Tx } from '../../db/types.ts';
 import { eventColumns, toStoredEvent, type StoredEventRow } from '../event-store/read.ts';
 import type { ProjectionDefinition } from '../projections/definition.ts';
 import { applyBatch } from './apply-batch.ts';
 import { catchUpAsync } from './async-catch-up.ts';
-import { fence, setRebuildTimeouts } from './lease.ts';
+import { beginStep } from './lease.ts';
 import type { BudgetOptions } from './replay.ts';
 import type { RebuildHooks, RebuildLease, RebuildRow } from './types.ts';
 
@@ -30,7 +30,7 @@ export async function drain(db: Db, definition: ProjectionDefinition, lease: Reb
   }
   for (let batches = 0; ; batches++) {
     const { rebuild, drained } = await db.transaction(async (tx) => {
-      const [, row] = await inOrder([setRebuildTimeouts(tx), fence(tx, lease)]);
+      const row = await beginStep(tx, lease);
       if (row.phase !== 'draining') return { rebuild: row, drained: 0 };
       const n = await drainBatch(tx, definition, row, batchSize, options.hooks, 'drain');
       await tx.query('update rebuilds set skips_drained = skips_drained + $2, updated_at = now() where rebuild_id = $1::uuid', [

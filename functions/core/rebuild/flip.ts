@@ -3,7 +3,7 @@ import { breakages } from '../breakages.ts';
 import { isSqlState } from '../errors.ts';
 import { lockProjectionExclusive, type ProjectionDefinition } from '../projections/definition.ts';
 import { drainBatch } from './drain.ts';
-import { fence, setRebuildTimeouts } from './lease.ts';
+import { beginStep } from './lease.ts';
 import type { RebuildHooks, RebuildLease, RebuildRow } from './types.ts';
 
 export interface FlipResult {
@@ -36,19 +36,18 @@ export async function flipRebuild(
   const batchSize = options.batchSize ?? 5_000;
   try {
     return await db.transaction(async (tx): Promise<FlipResult> => {
-      const [, rebuild] = await inOrder([setRebuildTimeouts(tx, options.lockTimeoutMs ?? 100), fence(tx, lease)]);
+      const rebuild = await beginStep(tx, lease, options.lockTimeoutMs ?? 100);
       if (rebuild.phase !== 'draining') return { flipped: rebuild.phase === 'done', phase: rebuild.phase, skipsDrained: 0 };
       // From the lock to commit writers queue behind us, so no client round trip is spent that the
       // protocol does not need: the lock is sent together with the first drain read (which runs
       // after the lock is granted, with a snapshot that sees every append that held the shared
       // lock), and the three closing updates together with each other.
       const locked = breakages.flipWithoutLock ? Promise.resolve() : lockProjectionExclusive(tx, definition.name);
-      let drained = 0;
-      for (let first = true; ; first = false) {
-        const batch = drainBatch(tx, definition, rebuild, batchSize, options.hooks, 'flip');
-        const n = first ? (await inOrder([locked, batch]))[1] : await batch;
+      let [, n] = await inOrder([locked, drainBatch(tx, definition, rebuild, batchSize, options.hooks, 'flip')]);
+      let drained = n;
+      while (n === batchSize) {
+        n = await drainBatch(tx, definition, rebuild, batchSize, options.hooks, 'flip');
         drained += n;
-        if (n < batchSize) break;
       }
       await inOrder([
         rebuild.mode === 'blue-green' && rebuild.previous_version !== null

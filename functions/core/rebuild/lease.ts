@@ -1,4 +1,4 @@
-import type { Tx } from '../../db/types.ts';
+import { inOrder, type Tx } from '../../db/types.ts';
 import { breakages } from '../breakages.ts';
 import { FencingTokenLostError } from './errors.ts';
 import type { RebuildLease, RebuildRow } from './types.ts';
@@ -57,4 +57,13 @@ export async function setRebuildTimeouts(tx: Tx, lockTimeoutMs?: number): Promis
             set_config('plan_cache_mode', 'force_custom_plan', true)`,
     ['10000', '120000', String(lockTimeoutMs ?? 0)],
   );
+}
+
+/**
+ * What every writing step (start, replay, drain, flip) sends first: its timeouts, then the fencing
+ * check, together (neither needs the other's result; the server runs them in this order).
+ */
+export async function beginStep(tx: Tx, lease: RebuildLease, lockTimeoutMs?: number): Promise<RebuildRow> {
+  const [, row] = await inOrder([setRebuildTimeouts(tx, lockTimeoutMs), fence(tx, lease)]);
+  return row;
 }

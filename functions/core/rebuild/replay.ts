@@ -3,7 +3,7 @@ import { EVENT_COLUMNS, toStoredEvent, type StoredEventRow } from '../event-stor
 import type { ProjectionDefinition } from '../projections/definition.ts';
 import { applyBatch } from './apply-batch.ts';
 import { catchUpAsync } from './async-catch-up.ts';
-import { fence, setRebuildTimeouts } from './lease.ts';
+import { beginStep } from './lease.ts';
 import type { RebuildHooks, RebuildLease, RebuildRow } from './types.ts';
 
 /**
@@ -50,7 +50,7 @@ export async function replay(db: Db, definition: ProjectionDefinition, lease: Re
   }
   for (let batches = 0; ; batches++) {
     const result = await db.transaction(async (tx): Promise<ReplayResult> => {
-      const [, rebuild] = await inOrder([setRebuildTimeouts(tx), fence(tx, lease)]);
+      const rebuild = await beginStep(tx, lease);
       const target = rebuild.target_position ?? 0;
       if (rebuild.phase !== 'replaying') return summary(rebuild, rebuild.phase);
       const rows = await tx.query<StoredEventRow>(

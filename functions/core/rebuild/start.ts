@@ -1,7 +1,7 @@
 import { inOrder, type Db } from '../../db/types.ts';
 import { isSqlState } from '../errors.ts';
 import { clearTables, lockProjectionExclusive, tableFor, type ProjectionDefinition } from '../projections/definition.ts';
-import { fence, setRebuildTimeouts } from './lease.ts';
+import { beginStep } from './lease.ts';
 import type { RebuildLease, RebuildRow } from './types.ts';
 
 export interface LockRetryOptions {
@@ -15,8 +15,9 @@ export interface LockRetryOptions {
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /**
- * Start (one transaction): the exclusive advisory lock, then the version marked `rebuilding`, its
- * table created (blue-green) or truncated (in-place), and the replay target recorded.
+ * Start (one transaction): the version's table created (blue-green: before the lock; in-place:
+ * after it), the exclusive advisory lock, then the version marked `rebuilding`, its table
+ * truncated, and the replay target recorded.
  *
  * Why it is safe: appends hold the shared lock of the same key from before they read the states
  * until they commit. Once Start holds the exclusive lock, every append that decided without seeing
@@ -37,7 +38,7 @@ export async function startRebuild(
 ): Promise<RebuildRow> {
   return withLockRetries(options, (lockTimeoutMs) =>
     db.transaction(async (tx) => {
-      const [, rebuild] = await inOrder([setRebuildTimeouts(tx, lockTimeoutMs), fence(tx, lease)]);
+      const rebuild = await beginStep(tx, lease, lockTimeoutMs);
       if (rebuild.phase !== 'starting') return rebuild;
       const table = tableFor(definition.name, rebuild.version);
       // Blue-green: the new version's table before the lock, so that writers do not wait for DDL;
