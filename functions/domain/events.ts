@@ -1,6 +1,7 @@
 import { ValidationError, type FieldProblem } from '../core/errors.ts';
 import { isPlainObject, isUuid } from '../core/event-store/validate.ts';
 import type { JsonObject, NewEvent } from '../core/event-store/types.ts';
+import { sourceTime } from './source-time.ts';
 
 /**
  * The order-fulfilment domain events (API.md) and their validation at the edge. Observations come
@@ -17,8 +18,6 @@ export const DECISION_TYPES = ['OrderConfirmed', 'OrderRejected', 'OrderDecision
 export type ObservationType = (typeof OBSERVATION_TYPES)[number];
 
 export const ORDER_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
-// ISO-8601 with a time zone: the source's own clock, comparable across services.
-const TIMESTAMP = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/;
 
 type FieldRule = (value: unknown) => string | undefined;
 const string: FieldRule = (v) => (typeof v === 'string' && v.length > 0 && v.length <= 200 ? undefined : 'must be a non-empty string (at most 200 characters)');
@@ -82,8 +81,9 @@ export function validateObservation(orderId: unknown, body: unknown): Observatio
   if (!isPlainObject(data)) problems.push({ path: 'data', message: 'must be a JSON object' });
   else {
     if (data.orderId !== orderId) problems.push({ path: 'data.orderId', message: 'must equal the order id of the request' });
-    if (typeof data.occurredAt !== 'string' || !TIMESTAMP.test(data.occurredAt) || Number.isNaN(Date.parse(data.occurredAt))) {
-      problems.push({ path: 'data.occurredAt', message: 'must be an ISO-8601 timestamp with a time zone' });
+    // The source's own clock, comparable across services: exactly what the projections read.
+    if (sourceTime(data.occurredAt) === undefined) {
+      problems.push({ path: 'data.occurredAt', message: 'must be an ISO-8601 timestamp with seconds and a time zone, a date that exists, in the years 1000 to 9998' });
     }
     const schema = SCHEMAS[type as ObservationType];
     if (schema) {

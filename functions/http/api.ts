@@ -65,13 +65,13 @@ export function createApi(deps: ApiDeps): (request: HttpRequest) => Promise<Http
             );
             if (decisions.length > 0) throw new ValidationError(decisions);
           }
-          const result = await db.transaction((tx) =>
-            appendToStream(tx, params[0]!, input.events as never, {
-              expectedVersion: expectedVersion ?? 'any',
-              correlationId,
-              projections: PROJECTIONS,
-            }),
-          );
+          // Given the Db, the append is its own transaction: one statement when every inline
+          // projection applies in SQL (append.ts).
+          const result = await appendToStream(db, params[0]!, input.events as never, {
+            expectedVersion: expectedVersion ?? 'any',
+            correlationId,
+            projections: PROJECTIONS,
+          });
           return {
             status: result.duplicate ? 200 : 201,
             body: { streamId: result.streamId, streamVersion: result.streamVersion, globalPositions: result.globalPositions },

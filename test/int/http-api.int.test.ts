@@ -143,6 +143,10 @@ describe('the HTTP API', () => {
       ['POST', '/streams/s/events', JSON.stringify({ events: [{ type: 'A', data: { s: 'x'.repeat(1_200_000) } }] }), 413, 'PAYLOAD_TOO_LARGE'],
       ['POST', '/streams/s/events', JSON.stringify({ events: [{ type: 'A', data: { s: 'x'.repeat(70_000) } }] }), 413, 'PAYLOAD_TOO_LARGE'],
       ['POST', '/streams/exists/events', JSON.stringify({ expectedVersion: 0, events: [{ type: 'A', data: {} }] }), 409, 'WRONG_EXPECTED_VERSION'],
+      // A stream that does not exist, expected elsewhere: refused by the append's own call, which is
+      // its own transaction, so the stream row it made to lock must not outlive the refusal.
+      ['POST', '/streams/never-made/events', JSON.stringify({ expectedVersion: 3, events: [{ type: 'A', data: {} }] }), 409, 'WRONG_EXPECTED_VERSION'],
+      ['POST', '/streams/never-made/events', JSON.stringify({ expectedVersion: 3, events: [{ id: randomUUID(), type: 'A', data: {} }] }), 409, 'WRONG_EXPECTED_VERSION'],
       ['POST', '/streams/bad%00id/events', JSON.stringify({ events: [{ type: 'A', data: {} }] }), 400, 'VALIDATION_FAILED'],
       ['POST', `/streams/${'x'.repeat(300)}/events`, JSON.stringify({ events: [{ type: 'A', data: {} }] }), 400, 'VALIDATION_FAILED'],
       ['POST', '/streams/%E0%A4%A/events', JSON.stringify({ events: [{ type: 'A', data: {} }] }), 400, 'VALIDATION_FAILED'],
@@ -171,6 +175,7 @@ describe('the HTTP API', () => {
       expect({ method, path: path.slice(0, 60), status: res.statusCode, code: body.error?.code }).toEqual({ method, path: path.slice(0, 60), status, code });
       expect(typeof body.error.message).toBe('string');
     }
+    expect(await tables()).toEqual(before);
     const id = randomUUID();
     await call('POST', '/streams/dup-a/events', { events: [{ id, type: 'A', data: {} }] });
     const dupBefore = await tables();

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Tx } from '../../db/types.ts';
+import type { Db, Tx } from '../../db/types.ts';
 import { DuplicateEventIdError, isSqlState, WrongExpectedVersionError } from '../errors.ts';
 import { jsonEqual } from '../json-equal.ts';
 import { breakages } from '../breakages.ts';
@@ -15,7 +15,13 @@ export const APPEND_TIMEOUTS = {
 };
 
 /**
- * Appends events to a stream inside the caller's transaction (READ COMMITTED).
+ * Appends events to a stream, inside the caller's transaction (READ COMMITTED) when given a `Tx`.
+ *
+ * Given the `Db` itself, the append is its own transaction: when every inline projection it feeds
+ * applies in SQL (`sqlApply`, as order_summary does), that is ONE autocommit statement, the call of
+ * `ledgerline_append`, whose implicit transaction holds the locks to its end exactly as an explicit
+ * one would (one round trip; one RDS Data API call instead of four). Otherwise it opens a
+ * transaction, because a projection applied from JS must commit with the events.
  *
  * The steps, and why (DESIGN.md 3.1), in as few statements as the protocol allows:
  * 1.-4. One call of `ledgerline_append` (migrations/003_append_function.sql, where each step is
@@ -27,11 +33,14 @@ export const APPEND_TIMEOUTS = {
  *    Each of those is a statement of its own inside the function, with its own snapshot: a VOLATILE
  *    function takes a fresh one per statement, which is what the order of locks and reads needs.
  *    One statement on the wire instead of four: one Data API call instead of four (or five).
+ *    Then each `live` version of a projection that applies in SQL applies the events, in the same
+ *    call (migration 004).
  * 5. In JS: a version mismatch is a conflict; stored ids are a duplicate (the original result) or a
- *    conflict; otherwise each `live` inline projection version applies the events.
+ *    conflict (in both cases the function inserted nothing); otherwise each `live` version of the
+ *    other inline projections applies the events.
  */
 export async function appendToStream(
-  tx: Tx,
+  q: Tx | Db,
   streamId: string,
   events: readonly NewEvent[],
   options: AppendOptions = {},
@@ -44,7 +53,10 @@ export async function appendToStream(
   const inline = (options.projections ?? []).filter(
     (p) => p.kind === 'inline' && validated.some((e) => handles(p, e.type)),
   );
-  const feeds = inline.map((p) => ({ name: p.name, types: p.eventTypes }));
+  const inJs = inline.filter((p) => !p.sqlApply);
+  if ('transaction' in q && inJs.length > 0) return q.transaction((tx) => appendToStream(tx, streamId, events, options));
+  const tx: Tx = q;
+  const feeds = inline.map((p) => ({ name: p.name, types: p.eventTypes, sql: p.sqlApply === true }));
   const correlationId = options.correlationId ?? randomUUID();
   const rows = validated.map((e) => ({
     id: e.id,
@@ -96,7 +108,7 @@ export async function appendToStream(
   const inserted = result.inserted;
   const states = result.states;
 
-  if (states.some((s) => s.state === 'live')) {
+  if (inJs.length > 0 && states.some((s) => s.state === 'live')) {
     const storedEvents: StoredEvent[] = rows.map((row, i) => ({
       id: row.id,
       streamId,
@@ -107,7 +119,7 @@ export async function appendToStream(
       metadata: row.metadata,
       recordedAt: inserted[i]!.recorded_at,
     }));
-    await applyLive(tx, inline, states, storedEvents);
+    await applyLive(tx, inJs, states, storedEvents);
   }
 
   return {

@@ -25,6 +25,19 @@ export interface ProjectionDefinition {
   /** Every table a version owns (default: just `table`): what a rebuild truncates and a release drops. */
   tables?(table: string): string[];
   apply(tx: Tx, table: string, events: readonly StoredEvent[]): Promise<void>;
+  /**
+   * The projection applies in SQL: `createTable` also creates the function `<table>_apply(events[])`,
+   * which applies those events (rows of the log's type), and `apply` calls it. An append then applies a
+   * `live` version inside its own server-side call (migration 004), so an append that feeds only
+   * such projections is one statement and needs no explicit transaction. Release and Cancel drop
+   * the function with the tables.
+   */
+  sqlApply?: boolean;
+}
+
+/** The function a `sqlApply` projection's version applies with (see `sqlApply`). */
+export function applyFunctionFor(table: string): string {
+  return `${table}_apply`;
 }
 
 export function tableFor(name: string, version: number): string {
@@ -38,6 +51,7 @@ export async function clearTables(tx: Tx, definition: ProjectionDefinition, vers
   const table = tableFor(definition.name, version);
   const tables = (definition.tables?.(table) ?? [table]).map(ident).join(', ');
   await tx.query(how === 'truncate' ? `truncate ${tables}` : `drop table if exists ${tables}`);
+  if (how === 'drop' && definition.sqlApply) await tx.query(`drop function if exists ${ident(applyFunctionFor(table))}(events[])`);
 }
 
 export function handles(definition: ProjectionDefinition, type: string): boolean {

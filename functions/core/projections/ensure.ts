@@ -6,12 +6,22 @@ import { lockProjectionExclusive, tableFor, type ProjectionDefinition } from './
  * empty table, under the exclusive lock so no concurrent append can miss it. Returns `needsRebuild`
  * when events it handles were already in the log (a projection added to an existing log): run an
  * in-place rebuild of version 1 then. Idempotent.
+ *
+ * On later deploys it runs `createTable` again for the versions in use (live, rebuilding): the
+ * definition's DDL is idempotent, and a deploy whose code adds an object to a version (the SQL
+ * apply function of migration 004, say) creates it for the tables that already exist. Under the
+ * exclusive lock, so no append is between its state read and its apply meanwhile.
  */
 export async function ensureProjection(db: Db, definition: ProjectionDefinition): Promise<{ created: boolean; needsRebuild: boolean }> {
   return db.transaction(async (tx) => {
     await lockProjectionExclusive(tx, definition.name);
-    const existing = await tx.query('select 1 from projections where name = $1 limit 1', [definition.name]);
-    if (existing.length > 0) return { created: false, needsRebuild: false };
+    const existing = await tx.query<{ version: number; state: string }>('select version, state from projections where name = $1', [definition.name]);
+    if (existing.length > 0) {
+      for (const v of existing) {
+        if (v.state === 'live' || v.state === 'rebuilding') await definition.createTable(tx, tableFor(definition.name, v.version));
+      }
+      return { created: false, needsRebuild: false };
+    }
     await tx.query(`insert into projections (name, version, kind, state) values ($1, 1, $2, 'live')`, [
       definition.name,
       definition.kind,

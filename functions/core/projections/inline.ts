@@ -29,7 +29,9 @@ export interface InlineVersionState {
  *
  * Step 5: a `rebuilding` version gets one skip row per event, written by the function's insert
  * statement from the states it read (so the skip row exists iff the event commits); a `live`
- * version applies the events here.
+ * version applies the events in the same function when its projection applies in SQL (`sqlApply`,
+ * migration 004), and here otherwise, in the same transaction: either way after the locks and the
+ * state read, before commit.
  */
 export async function applyLive(
   tx: Tx,

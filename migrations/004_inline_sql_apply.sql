@@ -1,0 +1,194 @@
+-- The append applies inline projections in the same server-side call (migration 003 returned the
+-- states and left every projection to the client, in a further statement of the transaction).
+--
+-- Why: with every inline projection applied in SQL, an append is ONE statement, so it needs no
+-- explicit transaction: one round trip and one implicit transaction instead of BEGIN, the call,
+-- the apply and COMMIT (one RDS Data API call instead of four). The protocol is unchanged: the apply
+-- runs after the insert, inside the transaction that holds the shared projection locks, exactly
+-- where the client's apply ran before (functions/core/projections/inline.ts).
+--
+-- ledgerline_source_time: the one definition of "the source's own time" of an observation, for
+-- projections that apply in SQL (order_summary). Its JS twin is sourceTime() in
+-- functions/domain/source-time.ts, which the edge validates with and the write side decides with;
+-- test/int/source-time.int.test.ts holds the two to the same answers.
+-- A value counts when it is an ISO-8601 string with seconds and a time zone (at most 14 hours off
+-- UTC), in the years 1000 to 9998 (so its UTC form has four digits too), a date that exists (no
+-- February 30th) and fields in range (no hour 24, no second 60); it is read to the millisecond, the
+-- digits after the third truncated (as JS Date.parse does), and normalised to UTC
+-- 'YYYY-MM-DDTHH:MM:SS.mmmZ'.
+-- Anything else yields null. It takes the value as text (`data->>'occurredAt'`: a JSON number,
+-- boolean, array or object has no such shape either). SQL and inlinable (a single expression):
+-- replay calls it per event; the caller passes a column, not an expression, or the expression is
+-- evaluated at every use of p_value.
+create function ledgerline_source_time(p_value text) returns text
+language sql stable parallel safe as $$
+  select case
+    -- The common case first, the form JS toISOString() writes ('2026-01-01T00:00:00.000Z'): valid iff
+    -- PostgreSQL reads it and writes it back unchanged (no February 30th, no hour 24, no second 60
+    -- survive that), in the years 1000 to 9998; then it is its own normal form. About 1.5 µs per
+    -- event against the 4.5 µs of the checks below.
+    when p_value like '____-__-__T__:__:__.___Z' and p_value collate "C" >= '1000' and p_value collate "C" < '9999'
+     and pg_input_is_valid(p_value, 'timestamptz')
+     and to_char(p_value::timestamptz at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') = p_value
+    then p_value
+    when p_value is not null
+     -- The shape, with every digit read as 0: 'YYYY-MM-DDTHH:MM:SS', then an optional fraction of 1
+     -- to 9 digits and 'Z' or an offset '+HH:MM' (translate and compare: a regular expression cost
+     -- 2.6 µs per event, most of a replay's time).
+     and left(translate(p_value, '123456789', '000000000'), 19) = '0000-00-00T00:00:00'
+     and translate(substr(p_value, 20), '123456789', '000000000') = any (array['Z', '+00:00', '-00:00', '.0Z', '.0+00:00', '.0-00:00', '.00Z', '.00+00:00', '.00-00:00', '.000Z', '.000+00:00', '.000-00:00', '.0000Z', '.0000+00:00', '.0000-00:00', '.00000Z', '.00000+00:00', '.00000-00:00', '.000000Z', '.000000+00:00', '.000000-00:00', '.0000000Z', '.0000000+00:00', '.0000000-00:00', '.00000000Z', '.00000000+00:00', '.00000000-00:00', '.000000000Z', '.000000000+00:00', '.000000000-00:00'])
+     -- The fields in range: years 1000 to 9998, hour, minute, second, offset up to 14:59; month and
+     -- day by PostgreSQL's date input.
+     and left(p_value, 1) <> '0' and left(p_value, 4) <> '9999'
+     and substr(p_value, 12, 2) collate "C" < '24' and substr(p_value, 15, 2) collate "C" < '60'
+     and substr(p_value, 18, 2) collate "C" < '60'
+     and (right(p_value, 1) = 'Z'
+          or (left(right(p_value, 5), 2) collate "C" < '15' and right(p_value, 2) collate "C" < '60'))
+     and pg_input_is_valid(left(p_value, 10), 'date')
+    then to_char(regexp_replace(p_value, '(\.\d{3})\d+', '\1')::timestamptz at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+  end
+$$;
+
+-- ledgerline_append as in migration 003 (read the protocol there), with steps 7 and 8 added, and
+-- the skip rows written by a statement of their own, only when some version is rebuilding.
+create or replace function ledgerline_append(
+  p_stream_id         text,
+  p_events            jsonb,   -- [{id, type, data, metadata}]
+  p_expected          bigint,  -- null: any version
+  p_projections       jsonb,   -- [{name, types, sql}] of the inline projections these events feed
+  p_ids_from_caller   boolean,
+  p_statement_timeout text,
+  p_idle_timeout      text,
+  p_state_in_lock     boolean,
+  p_try_lock_no_skip  boolean
+) returns jsonb
+language plpgsql volatile parallel unsafe as $$
+declare
+  v_names        text[] := array(select p->>'name' from jsonb_array_elements(p_projections) as p order by 1);
+  v_states       jsonb := '[]'::jsonb;
+  v_current      bigint;
+  v_lock_timeout text;
+  v_stored       jsonb := '[]'::jsonb;
+  v_inserted     jsonb := '[]'::jsonb;
+  v_count        bigint := jsonb_array_length(p_events);
+  v_rows         events[];
+  v_apply        record;
+begin
+  if p_state_in_lock then
+    -- The breakage: the states read in the statement that waits for the locks (a snapshot from
+    -- before the wait).
+    with locks as materialized (
+      select pg_advisory_xact_lock_shared(projection_lock_key(n)) from unnest(v_names) as n
+    )
+    select coalesce(jsonb_agg(jsonb_build_object('name', name, 'version', version, 'state', state)), '[]'::jsonb)
+      into v_states
+      from projections
+     where name = any (v_names) and kind = 'inline' and state in ('live', 'rebuilding')
+       and (select count(*) from locks) >= 0;
+  elsif p_try_lock_no_skip then
+    perform pg_try_advisory_xact_lock_shared(projection_lock_key(n)) from unnest(v_names) as n;
+  else
+    perform pg_advisory_xact_lock_shared(projection_lock_key(n)) from unnest(v_names) as n;
+  end if;
+
+  perform set_config('statement_timeout', p_statement_timeout, true),
+          set_config('idle_in_transaction_session_timeout', p_idle_timeout, true);
+  v_lock_timeout := current_setting('lock_timeout');
+  perform set_config('lock_timeout', p_statement_timeout, true);
+
+  if p_ids_from_caller then
+    insert into streams (stream_id, version) values (p_stream_id, 0)
+    on conflict (stream_id) do update set version = streams.version where false;
+    select s.version into v_current from streams as s where s.stream_id = p_stream_id;
+    select coalesce(jsonb_agg(jsonb_build_object(
+             'event_id', e.event_id::text, 'stream_id', e.stream_id, 'stream_position', e.stream_position,
+             'global_position', e.global_position, 'type', e.type, 'data', e.data) order by e.global_position), '[]'::jsonb)
+      into v_stored
+      from events as e
+     where e.event_id in (select (x->>'id')::uuid from jsonb_array_elements(p_events) as x);
+    if jsonb_array_length(v_stored) = 0 and (p_expected is null or p_expected = v_current) then
+      update streams as s set version = v_current + v_count, updated_at = now() where s.stream_id = p_stream_id;
+    end if;
+  else
+    -- Lock and move the version in one statement: the conflict path locks the row after waiting
+    -- for its holder and compares against the newest committed version, not the snapshot's. A new
+    -- stream whose expected version is not 0 is created at 0 and reported as a mismatch below.
+    insert into streams as s (stream_id, version)
+    values (p_stream_id, case when p_expected is null or p_expected = 0 then v_count else 0 end)
+    on conflict (stream_id) do update set version = s.version + v_count, updated_at = now()
+     where p_expected is null or s.version = p_expected
+    returning s.version - v_count into v_current;
+    if not found or (p_expected is not null and v_current <> p_expected) then
+      -- No row moved (or a new stream expected elsewhere): read the version under the row lock the
+      -- conflict path took (a new snapshot: it sees the holder's commit).
+      select s.version into v_current from streams as s where s.stream_id = p_stream_id;
+    end if;
+  end if;
+
+  -- Insert only when no id is stored already and the expected version holds; otherwise the caller
+  -- answers from `stored` (a duplicate or a conflict) or `current` (a version conflict).
+  if jsonb_array_length(v_stored) = 0 and (p_expected is null or p_expected = v_current) then
+    -- An append that feeds no inline projection has no states to read.
+    if not p_state_in_lock and cardinality(v_names) > 0 then
+      select coalesce(jsonb_agg(jsonb_build_object('name', p.name, 'version', p.version, 'state', p.state)), '[]'::jsonb)
+        into v_states
+        from projections as p
+       where p.name = any (v_names) and p.kind = 'inline' and p.state in ('live', 'rebuilding');
+    end if;
+
+    with ins as (
+      insert into events (stream_id, stream_position, event_id, type, data, metadata)
+      select p_stream_id, v_current + t.ord, (t.e->>'id')::uuid, t.e->>'type', t.e->'data', t.e->'metadata'
+        from jsonb_array_elements(p_events) with ordinality as t(e, ord)
+       order by t.ord
+      returning *
+    )
+    select coalesce(jsonb_agg(jsonb_build_object(
+             'global_position', ins.global_position, 'stream_position', ins.stream_position,
+             'recorded_at', to_char(ins.recorded_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+             order by ins.stream_position), '[]'::jsonb)
+           , array_agg(row(ins.*)::events order by ins.stream_position)
+      into v_inserted, v_rows
+      from ins;
+
+    -- A skip row per event for every `rebuilding` version (step 6 of migration 003, now a statement
+    -- of its own that runs only while a rebuild is on): in this transaction, so a skip row exists
+    -- iff its event commits.
+    if not p_try_lock_no_skip and v_states @> '[{"state": "rebuilding"}]' then
+      insert into projection_skips (projection, version, global_position)
+      select st->>'name', (st->>'version')::int, r.global_position
+        from unnest(v_rows) as r
+        join jsonb_array_elements(v_states) as st on st->>'state' = 'rebuilding'
+        join jsonb_array_elements(p_projections) as p on p->>'name' = st->>'name'
+       where p->'types' ? r.type;
+    end if;
+
+    -- 7. Each `live` version of a projection that applies in SQL (`sql`: its table T has a function
+    --    T_apply(events[]), created with the table) applies the rows the insert returned, those of
+    --    the types it handles, in this transaction: the same function its replay, drain and flip call
+    --    with rows read from the log (projections/definition.ts, `sqlApply`), so no path computes a
+    --    document differently. The client applies the others (JS `apply`) after this call, in its
+    --    transaction.
+    for v_apply in
+      select format('%I', (st->>'name') || '_v' || (st->>'version') || '_apply') as fn,
+             array(select r from unnest(v_rows) as r where p->'types' ? r.type order by r.stream_position) as events
+        from jsonb_array_elements(v_states) as st
+        join jsonb_array_elements(p_projections) as p on p->>'name' = st->>'name'
+       where st->>'state' = 'live' and coalesce((p->>'sql')::boolean, false)
+    loop
+      if cardinality(v_apply.events) > 0 then
+        execute format('select %s($1)', v_apply.fn) using v_apply.events;
+      end if;
+    end loop;
+  elsif v_current = 0 then
+    -- 8. Nothing inserted (a conflict the caller reports) on a stream without events: the row this
+    --    call created at version 0 is deleted (still locked by this transaction, so no one else has
+    --    seen it). Bad input writes nothing even when the call is its own transaction, where no
+    --    client-side rollback follows the refusal.
+    delete from streams as s where s.stream_id = p_stream_id and s.version = 0;
+  end if;
+
+  perform set_config('lock_timeout', v_lock_timeout, true);
+  return jsonb_build_object('current', v_current, 'stored', v_stored, 'inserted', v_inserted, 'states', v_states);
+end
+$$;
