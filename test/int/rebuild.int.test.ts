@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { resetBreakages, breakages } from '../../functions/core/breakages.ts';
 import { appendToStream } from '../../functions/core/event-store/index.ts';
@@ -167,6 +167,37 @@ describe('rebuild', () => {
       [progress.total, JSON.stringify(orderSummary.eventTypes)],
     );
     expect(progress.eventsReplayed).toBe(n);
+  });
+
+  it('cuts a replay batch at its byte budget, whatever its event count allows, and still replays everything', async () => {
+    // A log of its own holding only large events: about 3 KB of data each, random, so that the
+    // stored (compressed) size stays large.
+    const own = await createTestDatabase();
+    try {
+      await ensureProjection(own.db, orderSummary);
+      for (const id of ['big-1', 'big-2', 'big-3', 'big-4']) {
+        const events = Array.from({ length: 10 }, (_, i) => ({
+          type: 'ShippingCalculated',
+          data: { orderId: id, occurredAt: `2026-01-0${1 + (i % 9)}T00:00:00.000Z`, note: randomBytes(2250).toString('base64'), i },
+        }));
+        await appendToStream(own.db, `order-${id}`, events, { projections });
+      }
+      const { lease } = await acquireRebuild(own.db, orderSummary, { owner: 'bytes', mode: 'blue-green' });
+      await startRebuild(own.db, orderSummary, lease);
+      const sizes: number[] = [];
+      const hooks = { insideBatch: async (_step: string, _tx: unknown, size: number) => void sizes.push(size) };
+      let result;
+      do result = await replay(own.db, orderSummary, lease, { batchSize: 1_000, batchBytes: 16_000, hooks });
+      while (!result.done);
+      // 16 KB holds five of these events (the budget is checked before each, so one more starts it).
+      expect(Math.max(...sizes)).toBeLessThanOrEqual(6);
+      expect(sizes.reduce((a, b) => a + b, 0)).toBe(40);
+      expect(result.eventsReplayed).toBe(40);
+      await continueRebuild(own.db, orderSummary, lease);
+      await expectReadModelMatchesLog(own.db, 'order_summary_v2');
+    } finally {
+      await own.drop();
+    }
   });
 
   it('cancels an abandoned blue-green rebuild and leaves the live version untouched', async () => {

@@ -159,10 +159,10 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
 
       const work = async (lease: RebuildLease, faults: boolean) => {
         const hooks: RebuildHooks = {
-          insideBatch: async (step, tx, events) => {
+          insideBatch: async (step, tx, size) => {
             if (o.slowBatchMs > 0) await sleep(random() * o.slowBatchMs);
             if (step === 'drain' && o.slowDrainMs > 0) await sleep(random() * o.slowDrainMs);
-            if (zombieArmed && step === 'replay' && events.length > 0) {
+            if (zombieArmed && step === 'replay' && size > 0) {
               // Stall past the lease while a rescuer takes over; then carry on as if nothing happened.
               zombieArmed = false;
               zombies += 1;

@@ -64,7 +64,7 @@ export async function drainBatch(
     [definition.name, rebuild.version, batchSize],
   );
   const events = rows.map(toStoredEvent);
-  await hooks?.insideBatch?.(step, tx, events);
+  await hooks?.insideBatch?.(step, tx, events.length);
   await applyBatch(tx, definition, rebuild, events);
   return events.length;
 }

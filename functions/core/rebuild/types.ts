@@ -35,10 +35,12 @@ export interface RebuildLease {
 
 /**
  * Fault-injection points for tests: called inside a batch's transaction after the fencing check
- * and the read, before the apply. A hook may delay (a slow worker) or throw (a crash mid-batch).
+ * and the read, before commit (before the apply, except in the replay of a projection that applies
+ * in SQL, where read and apply are one statement), with the batch's size. A hook may delay (a slow
+ * worker) or throw (a crash mid-batch).
  */
 export interface RebuildHooks {
-  insideBatch?(step: 'replay' | 'drain' | 'flip', tx: Tx, events: readonly StoredEvent[]): Promise<void>;
+  insideBatch?(step: 'replay' | 'drain' | 'flip', tx: Tx, size: number): Promise<void>;
 }
 
 export const DEFAULT_LEASE_MS = 60_000;
