@@ -11,8 +11,11 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import * as cr from 'aws-cdk-lib/custom-resources';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Database } from './constructs/database.ts';
-import { nodeFunction } from './constructs/functions.ts';
+import { nodeFunction, ROOT } from './constructs/functions.ts';
 import { RebuildWorkflow } from './constructs/rebuild-workflow.ts';
 
 export interface LedgerlineStackProps extends StackProps {
@@ -135,8 +138,11 @@ export class LedgerlineStack extends Stack {
         onEventHandler: migrateFn,
         logGroup: new logs.LogGroup(this, 'MigrationsProviderLogs', { retention: logs.RetentionDays.ONE_MONTH }),
       }).serviceToken,
-      // A new hash of the SQL reruns the resource, which applies the new files.
-      properties: { version: '2' },
+      // CloudFormation calls the resource again only when a property changes: the hash of the SQL
+      // and of the projection definitions, so a deploy with a new migration applies it and a
+      // deploy with a changed projection re-creates its objects (ensureProjection). A constant here
+      // left new migration files unapplied.
+      properties: { version: deployInputsHash() },
     });
     migrations.node.addDependency(cluster);
 
@@ -322,4 +328,15 @@ function acknowledgeNagFindings(
   ack('AwsSolutions-APIG2', 'Every route validates its input in the handler and answers coded errors (API.md); API Gateway models would duplicate them.');
   ack('AwsSolutions-APIG3', 'IAM-authorised API; a WAF web ACL is an account-level choice that can be attached to the stage.');
   ack('AwsSolutions-COG4', 'Callers are AWS principals authorised by IAM (SigV4), not Cognito users.');
+}
+
+/** What the Migrate resource acts on: the migration files and the projection definitions. */
+function deployInputsHash(): string {
+  const hash = createHash('sha256');
+  for (const dir of ['migrations', 'functions/domain', 'functions/core/projections']) {
+    for (const name of readdirSync(join(ROOT, dir)).sort()) {
+      if (name.endsWith('.sql') || name.endsWith('.ts')) hash.update(`${dir}/${name}\0`).update(readFileSync(join(ROOT, dir, name)));
+    }
+  }
+  return hash.digest('hex').slice(0, 16);
 }

@@ -32,6 +32,15 @@ describe('the CDK stack', () => {
     expect(JSON.stringify(dev.toJSON())).not.toMatch(/"password"\s*:\s*"[^{]/i);
   });
 
+  it('re-runs the migration resource whenever the migrations or the projection definitions change', () => {
+    // CloudFormation calls a custom resource again only when a property changes.
+    const resources = Object.values(dev.findResources('AWS::CloudFormation::CustomResource')) as Array<{ Properties: Record<string, unknown> }>;
+    const migrations = resources.find((r) => 'version' in r.Properties);
+    // A hash of its inputs (infra/ledgerline-stack.ts, deployInputsHash), not a constant: with the
+    // constant it once was, a deploy that added a migration never applied it.
+    expect(migrations?.Properties.version).toMatch(/^[0-9a-f]{16}$/);
+  });
+
   it('retains and protects the production database, and not a dev one', () => {
     const prod = template('prod');
     prod.hasResource('AWS::RDS::DBCluster', { DeletionPolicy: 'Retain', Properties: Match.objectLike({ DeletionProtection: true }) });
