@@ -109,13 +109,14 @@ export const ORDER_SUMMARY_MERGE = `
  */
 function applyFunctionSql(table: string): string {
   return `create or replace function ${ident(applyFunctionFor(table))}(p_events events[]) returns void
-    language plpgsql volatile
-    -- A replay batch sorts its events in memory (20,000 events of the bench's log take about 7 MB;
-    -- the default 4 MB spilled to disk). An append's one event allocates nothing near that.
-    set work_mem = '64MB'
-    as $apply$
+    language plpgsql volatile as $apply$
     begin
-      ${orderSummaryApplyStatement(table, 'unnest(p_events)')};
+      if cardinality(p_events) = 1 then
+        -- An append's one event: its document is the partial, no grouping to do.
+        ${orderSummaryApplyStatement(table, 'unnest(p_events)', 'one')};
+      else
+        ${orderSummaryApplyStatement(table, 'unnest(p_events)')};
+      end if;
     end
     $apply$`;
 }
@@ -126,21 +127,18 @@ function applyFunctionSql(table: string): string {
  * is computed once per event: flattened, the source time was evaluated four times per event (in
  * the sort key, the order key and the document), and every document was built before the winners
  * were known. Here the order key is computed once, the winner per order and section is picked on
- * it, and only winners' documents are built.
+ * it, and only winners' documents are built. `one`: the same rows and document for a source of
+ * one event, without the window and the grouping (an upsert of one partial).
  */
-export function orderSummaryApplyStatement(table: string, source: string): string {
+export function orderSummaryApplyStatement(table: string, source: string, rows: 'many' | 'one' = 'many'): string {
   const sections = Object.entries(ORDER_SECTIONS)
     .map(([type, section]) => `('${type}', '${section}')`)
     .join(', ');
-  return `insert into ${ident(table)} as cur (order_id, sections, events_applied, last_global_position)
-      select w.order_id,
-             coalesce(jsonb_object_agg(w.section, jsonb_build_object(
-                        'at', w.at, 'eventId', w.event_id::text, 'type', w.type,
-                        'data', w.data - 'orderId' - 'occurredAt', 'order', w.ord)) filter (where w.newest), '{}'::jsonb),
-             count(*)::int, max(w.global_position)
-        from (
-          select k.*, row_number() over (partition by k.order_id, k.section order by k.ord collate "C" desc, k.global_position) = 1 as newest
-            from (
+  const doc = (r: string) =>
+    `jsonb_build_object('at', ${r}.at, 'eventId', ${r}.event_id::text, 'type', ${r}.type,
+                        'data', ${r}.data - 'orderId' - 'occurredAt', 'order', ${r}.ord)`;
+  // Per event: order, section, source time (else recorded time) and order key, each computed once.
+  const keyed = `(
               select a.*, case when a.section = 'decision' then 'p' || lpad(a.stream_position::text, 15, '0')
                                else a.at || '|' || a.event_id::text end as ord
                 from (
@@ -157,10 +155,25 @@ export function orderSummaryApplyStatement(table: string, source: string): strin
                   offset 0
                 ) as a
               offset 0
-            ) as k
+            ) as k`;
+  const insert = `insert into ${ident(table)} as cur (order_id, sections, events_applied, last_global_position)`;
+  const merge = `on conflict (order_id) do update set ${ORDER_SUMMARY_MERGE}`;
+  if (rows === 'one') {
+    return `${insert}
+      select k.order_id, jsonb_build_object(k.section, ${doc('k')}), 1, k.global_position
+        from ${keyed}
+      ${merge}`;
+  }
+  return `${insert}
+      select w.order_id,
+             coalesce(jsonb_object_agg(w.section, ${doc('w')}) filter (where w.newest), '{}'::jsonb),
+             count(*)::int, max(w.global_position)
+        from (
+          select k.*, row_number() over (partition by k.order_id, k.section order by k.ord collate "C" desc, k.global_position) = 1 as newest
+            from ${keyed}
         ) as w
        group by w.order_id
-      on conflict (order_id) do update set ${ORDER_SUMMARY_MERGE}`;
+      ${merge}`;
 }
 
 export const orderSummary: ProjectionDefinition = {

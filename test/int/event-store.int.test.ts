@@ -78,6 +78,20 @@ describe('appending and reading', () => {
     expect(rows.map((r) => r.x)).toEqual([xid, xid]);
   });
 
+  it("bounds the rest of the caller's transaction with the append's timeouts, and restores lock_timeout", async () => {
+    const settings = await db.transaction(async (tx) => {
+      await tx.query("select set_config('lock_timeout', '1234', true)");
+      await appendToStream(tx, `timeouts-${randomUUID()}`, [{ type: 'A', data: {} }]);
+      const [row] = await tx.query<Record<string, string>>(
+        `select current_setting('statement_timeout') as statement, current_setting('idle_in_transaction_session_timeout') as idle,
+                current_setting('lock_timeout') as lock, current_setting('plan_cache_mode') as plans`,
+      );
+      return row;
+    });
+    // The function's own SET clause (plan_cache_mode) ends with it; its set_config(…, true) do not.
+    expect(settings).toEqual({ statement: '5s', idle: '10s', lock: '1234ms', plans: 'auto' });
+  });
+
   it('answers STREAM_NOT_FOUND for a stream that was never written', async () => {
     await expect(readStream(db, 'nobody-here')).rejects.toMatchObject({ code: 'STREAM_NOT_FOUND' });
   });
