@@ -125,9 +125,12 @@ async function replayBatchInSql(
   batchBytes: number,
 ): Promise<{ size: number; last: number; more: boolean }> {
   const apply = ident(applyFunctionFor(tableFor(definition.name, rebuild.version)));
+  // Uncorrelated subqueries on `positions`, each evaluated once: an array built from b.events in
+  // the DELETE's own WHERE was re-evaluated for every skip row scanned (a replay under 32 writers,
+  // with skip rows piling up, ran one batch statement into its 120 s timeout; found by the bench).
   const skipped = breakages.skipDeleteByRange
-    ? 's.global_position <= (b.events[cardinality(b.events)]).global_position'
-    : 's.global_position = any (array(select (x).global_position from unnest(b.events) as x))';
+    ? 's.global_position <= (select max(p) from positions, unnest(positions.list) as p)'
+    : 's.global_position = any ((select list from positions)::bigint[])';
   const [row] = await tx.query<{ size: number; last: number | null; more: boolean }>(
     `with sized as materialized (
        -- The batch's positions and the bytes before each (data and metadata as stored, plus the
@@ -151,8 +154,11 @@ async function replayBatchInSql(
                      order by e.global_position) as events
      ),
      applied as materialized (select ${apply}(b.events) from b where cardinality(b.events) > 0),
+     positions as materialized (
+       select array(select (x).global_position from b, unnest(b.events) as x) as list
+     ),
      deleted as (
-       delete from projection_skips as s using b
+       delete from projection_skips as s
         where s.projection = $5 and s.version = $6 and ${skipped}
      )
      -- applied's count is selected: a CTE whose result nothing uses is not run (and a left join
