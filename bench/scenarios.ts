@@ -5,7 +5,7 @@ import { ensureProjection } from '../functions/core/projections/ensure.ts';
 import { acquireRebuild, continueRebuild, replay, startRebuild } from '../functions/core/rebuild/index.ts';
 import type { Db } from '../functions/db/types.ts';
 import { customerTotals } from '../functions/domain/customer-totals.ts';
-import { ORDER_SUMMARY_COLUMNS, ORDER_SUMMARY_MERGE, orderSummary } from '../functions/domain/order-summary.ts';
+import { ORDER_SUMMARY_COLUMNS, ORDER_SUMMARY_MERGE, orderSummary, orderSummaryApplyStatement } from '../functions/domain/order-summary.ts';
 import { Worker } from 'node:worker_threads';
 import { emmettStore } from './emmett.ts';
 import { closedLoop, freshDatabase, now, orderEvent, percentile, prng, sectionDoc, sleep } from './lib.ts';
@@ -34,7 +34,8 @@ export async function appendRun(system: 'ledgerline' | 'raw' | 'raw-tx' | 'emmet
         const orderId = streamOf(w, i);
         const { type, data } = orderEvent(randoms[w]!, orderId, i);
         // No caller-chosen id (neither baseline deduplicates by id): the server generates it.
-        return d.db.transaction((tx) => appendToStream(tx, `order-${orderId}`, [{ type, data }], { projections: [orderSummary] }));
+        // As the HTTP API appends: given the Db, one autocommit statement (append.ts).
+        return appendToStream(d.db, `order-${orderId}`, [{ type, data }], { projections: [orderSummary] });
       });
     }
     if (system === 'raw' || system === 'raw-tx') {
@@ -132,26 +133,9 @@ export async function replayRun(db: Db, events: number, rowByRowEvents: number, 
   await db.query('drop table if exists lb_order_summary');
   await db.query(`create table lb_order_summary (${ORDER_SUMMARY_COLUMNS})`);
   const s0 = now();
-  await db.query(
-    `insert into lb_order_summary (order_id, sections, events_applied, last_global_position)
-     select order_id, jsonb_object_agg(section, doc), sum(n)::int, max(last)
-       from (
-         select distinct on (order_id, section) order_id, section, doc,
-                count(*) over w as n, max(global_position) over w as last
-           from (
-             select substr(stream_id, 7) as order_id, global_position,
-                    case type when 'OrderCreated' then 'customer' when 'InventoryReserved' then 'inventory'
-                              when 'PaymentProcessed' then 'payment' when 'ShippingCalculated' then 'shipping' else 'loyalty' end as section,
-                    jsonb_build_object('at', at, 'eventId', event_id, 'type', type, 'data', data - 'orderId' - 'occurredAt',
-                                       'order', at || '|' || event_id) as doc
-               from (select e.*, to_char((data->>'occurredAt')::timestamptz at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as at
-                       from events e) as e
-           ) as x
-         window w as (partition by order_id, section)
-         order by order_id, section, doc->>'order' collate "C" desc
-       ) as s
-      group by order_id`,
-  );
+  // The projection's own apply statement (the one its replay batches run), over the whole log at
+  // once: no batches, no protocol, every order written once.
+  await db.query(orderSummaryApplyStatement('lb_order_summary', '(select * from events)'));
   const setMs = now() - s0;
 
   await db.query('drop table if exists rbr_order_summary');
