@@ -98,8 +98,8 @@ export const ORDER_SUMMARY_MERGE = `
 /**
  * The order summary's apply, in SQL: the function `<table>_apply(events[])` applies those events to
  * the version's table. Every path calls it: the append inside its own statement, with the rows its
- * insert returned (migration 004, step 7), and replay, drain and flip through `apply` below, with
- * the rows read by position. It computes what sectionOf() and newer() compute (the tests check the
+ * insert returned (migration 004, step 7); replay in its one statement per batch
+ * (rebuild/replay.ts); drain and flip through `apply` below, with the rows read by position. It computes what sectionOf() and newer() compute (the tests check the
  * documents against them): per order and section the newest event by its order key, the events
  * counted and the last position, then one upsert merges each order's partial document into its row
  * (an upsert cannot touch a row twice). It reads no table but its own: the events come as values, so

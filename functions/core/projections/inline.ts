@@ -13,7 +13,7 @@ export interface InlineVersionState {
  * SQL; this file says what each piece must guarantee.
  *
  * Step 2, the shared transaction-level advisory lock of every inline projection the append feeds,
- * is taken first in `ledgerline_append` (migrations/003_append_function.sql), in name order.
+ * is taken first in `ledgerline_append` (migrations 003 and 004), in name order.
  *
  * Step 3, the versions' states, is read in a LATER statement of that function. A READ COMMITTED
  * statement reads with a snapshot taken when it starts. If the state were read in the statement
