@@ -1,6 +1,6 @@
 import type { Queryable, Tx } from '../db/types.ts';
 import type { JsonObject, StoredEvent } from '../core/event-store/types.ts';
-import { applyFunctionFor, type ProjectionDefinition } from '../core/projections/definition.ts';
+import { applyFunctionFor, applyInSql, type ProjectionDefinition } from '../core/projections/definition.ts';
 import { ident } from '../core/sql-ident.ts';
 import { sourceTime } from './source-time.ts';
 
@@ -99,7 +99,8 @@ export const ORDER_SUMMARY_MERGE = `
  * The order summary's apply, in SQL: the function `<table>_apply(events[])` applies those events to
  * the version's table. Every path calls it: the append inside its own statement, with the rows its
  * insert returned (migration 004, step 7); replay in its one statement per batch
- * (rebuild/replay.ts); drain and flip through `apply` below, with the rows read by position. It computes what sectionOf() and newer() compute (the tests check the
+ * (rebuild/replay.ts); drain and flip through `apply` (applyInSql), with the rows read by position.
+ * It computes what sectionOf() and newer() compute (the tests check the
  * documents against them): per order and section the newest event by its order key, the events
  * counted and the last position, then one upsert merges each order's partial document into its row
  * (an upsert cannot touch a row twice). It reads no table but its own: the events come as values, so
@@ -187,17 +188,7 @@ export const orderSummary: ProjectionDefinition = {
     await tx.query(applyFunctionSql(table));
   },
 
-  /** The events are read back by position (they are immutable), not sent: the batch's positions travel as JSON. */
-  async apply(tx: Tx, table: string, events: readonly StoredEvent[]) {
-    if (events.length === 0) return;
-    await tx.query(
-      `select ${ident(applyFunctionFor(table))}(array(
-         select e from events as e
-          where e.global_position = any ((select array_agg(p::bigint) from jsonb_array_elements_text($1::jsonb) as p)::bigint[])
-          order by e.global_position))`,
-      [JSON.stringify(events.map((e) => e.globalPosition))],
-    );
-  },
+  apply: applyInSql,
 };
 
 export interface OrderSummaryDocument {

@@ -27,7 +27,7 @@ export interface ProjectionDefinition {
   apply(tx: Tx, table: string, events: readonly StoredEvent[]): Promise<void>;
   /**
    * The projection applies in SQL: `createTable` also creates the function `<table>_apply(events[])`,
-   * which applies those events (rows of the log's type), and `apply` calls it. An append then applies a
+   * which applies those events (rows of the log's type), and `apply` is `applyInSql`, which calls it. An append then applies a
    * `live` version inside its own server-side call (migration 004), so an append that feeds only
    * such projections is one statement and needs no explicit transaction. Release and Cancel drop
    * the function with the tables.
@@ -38,6 +38,26 @@ export interface ProjectionDefinition {
 /** The function a `sqlApply` projection's version applies with (see `sqlApply`). */
 export function applyFunctionFor(table: string): string {
   return `${table}_apply`;
+}
+
+/**
+ * A list of log positions sent as one JSON parameter (the Data API has no array parameters), as the
+ * `bigint[]` that `= any (…)` probes the primary key with once per position.
+ */
+export const POSITIONS_SQL = (param: string) =>
+  `(select array_agg(p::bigint) from jsonb_array_elements_text(${param}) as p)::bigint[]`;
+
+/**
+ * `apply` of a `sqlApply` projection: the version's function over these events, read back from the
+ * log by position (events are immutable), so only their positions travel.
+ */
+export async function applyInSql(tx: Tx, table: string, events: readonly StoredEvent[]): Promise<void> {
+  if (events.length === 0) return;
+  await tx.query(
+    `select ${ident(applyFunctionFor(table))}(array(
+       select e from events as e where e.global_position = any (${POSITIONS_SQL('$1::jsonb')}) order by e.global_position))`,
+    [JSON.stringify(events.map((e) => e.globalPosition))],
+  );
 }
 
 export function tableFor(name: string, version: number): string {

@@ -1,7 +1,7 @@
 import { inOrder, type Tx } from '../../db/types.ts';
 import { breakages } from '../breakages.ts';
 import type { StoredEvent } from '../event-store/types.ts';
-import { tableFor, type ProjectionDefinition } from '../projections/definition.ts';
+import { POSITIONS_SQL, tableFor, type ProjectionDefinition } from '../projections/definition.ts';
 import type { RebuildRow } from './types.ts';
 
 /**
@@ -33,7 +33,7 @@ export async function applyBatch(
       tx.query(
         `delete from projection_skips
           where projection = $1 and version = $2
-            and global_position = any ((select array_agg(p::bigint) from jsonb_array_elements_text($3::jsonb) as p)::bigint[])`,
+            and global_position = any (${POSITIONS_SQL('$3::jsonb')})`,
         [definition.name, rebuild.version, JSON.stringify(events.map((e) => e.globalPosition))],
       );
   await inOrder([applied, deleted]);

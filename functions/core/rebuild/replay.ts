@@ -1,9 +1,8 @@
 import type { Db, Tx } from '../../db/types.ts';
 import { breakages } from '../breakages.ts';
 import { ident } from '../sql-ident.ts';
-import { applyFunctionFor, tableFor } from '../projections/definition.ts';
 import { EVENT_COLUMNS, toStoredEvent, type StoredEventRow } from '../event-store/read.ts';
-import type { ProjectionDefinition } from '../projections/definition.ts';
+import { applyFunctionFor, tableFor, type ProjectionDefinition } from '../projections/definition.ts';
 import { applyBatch } from './apply-batch.ts';
 import { catchUpAsync } from './async-catch-up.ts';
 import { beginStep } from './lease.ts';
@@ -22,8 +21,9 @@ export const REPLAY_BATCH_SIZE = 20_000;
 /**
  * Events per replay batch of a projection that applies in SQL (`sqlApply`): its events never leave
  * the server, so the batch is bounded by the server's memory, not a Lambda's. Each batch writes
- * each key it touches once, so larger batches write less: on the bench's log 20,000-event batches
- * replayed about 60,000 events/s and 100,000-event batches about 120,000 (bench/RESULTS.md). A
+ * each key it touches once, so larger batches write less: on the bench's log, single runs of
+ * `npm run bench -- --scenarios replay --reps 1 --replay-batch N` gave about 60,000 events/s at
+ * N = 20,000 and 120,000 at N = 100,000 (bench/RESULTS.md has the default's three runs). A
  * batch is also cut once its events reach REPLAY_SQL_BATCH_BYTES (one event at least), so a log of
  * large events does not build a gigabyte array in one backend. The bytes are counted as stored:
  * a compressed value counts its compressed size, so the array may hold a few times that.
@@ -113,8 +113,8 @@ export async function replay(db: Db, definition: ProjectionDefinition, lease: Re
  * says why never by a range); nothing travels to the client but the batch's size, last position and
  * whether events are left before the target. The array is read once; the apply and the deletion
  * both take it, so they agree on the batch whatever commits meanwhile. (The cut's pass and the
- * array are two reads of one range in one statement, so with one snapshot.) All parts read the array built once, so
- * they agree on the batch whatever commits meanwhile.
+ * array are two reads of one range in one statement, so with one snapshot. One pass cannot do
+ * both: the whole rows it would carry past the cut are detoasted for nothing, up to `batchSize`.)
  */
 async function replayBatchInSql(
   tx: Tx,
@@ -130,7 +130,8 @@ async function replayBatchInSql(
   // with skip rows piling up, ran one batch statement into its 120 s timeout; found by the bench).
   const skipped = breakages.skipDeleteByRange
     ? 's.global_position <= (select max(p) from positions, unnest(positions.list) as p)'
-    : 's.global_position = any ((select list from positions)::bigint[])';
+    : // The cast makes the subquery a scalar array for `= any`, not a subquery ANY over rows of arrays.
+      's.global_position = any ((select list from positions)::bigint[])';
   const [row] = await tx.query<{ size: number; last: number | null; more: boolean }>(
     `with sized as materialized (
        -- The batch's positions and the bytes before each (data and metadata as stored, plus the
