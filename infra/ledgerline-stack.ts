@@ -331,11 +331,11 @@ function acknowledgeNagFindings(
 }
 
 /** What the Migrate resource acts on: the migration files and the projection definitions. */
-function deployInputsHash(): string {
+export function deployInputsHash(root = ROOT): string {
   const hash = createHash('sha256');
   for (const dir of ['migrations', 'functions/domain', 'functions/core/projections']) {
-    for (const name of readdirSync(join(ROOT, dir)).sort()) {
-      if (name.endsWith('.sql') || name.endsWith('.ts')) hash.update(`${dir}/${name}\0`).update(readFileSync(join(ROOT, dir, name)));
+    for (const name of readdirSync(join(root, dir)).sort()) {
+      if (name.endsWith('.sql') || name.endsWith('.ts')) hash.update(`${dir}/${name}\0`).update(readFileSync(join(root, dir, name)));
     }
   }
   return hash.digest('hex').slice(0, 16);

@@ -1,7 +1,10 @@
 import { App, Aspects } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import { describe, expect, it } from 'vitest';
-import { INGEST_MAX_RECEIVE_COUNT, LedgerlineStack } from '../../infra/ledgerline-stack.ts';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { deployInputsHash, INGEST_MAX_RECEIVE_COUNT, LedgerlineStack } from '../../infra/ledgerline-stack.ts';
 
 /** Synthesis without bundling (the template is what is tested; `npx cdk synth` bundles for real). */
 function template(stage: string, dbDriver?: 'data-api' | 'rds-proxy'): Template {
@@ -36,9 +39,28 @@ describe('the CDK stack', () => {
     // CloudFormation calls a custom resource again only when a property changes.
     const resources = Object.values(dev.findResources('AWS::CloudFormation::CustomResource')) as Array<{ Properties: Record<string, unknown> }>;
     const migrations = resources.find((r) => 'version' in r.Properties);
-    // A hash of its inputs (infra/ledgerline-stack.ts, deployInputsHash), not a constant: with the
-    // constant it once was, a deploy that added a migration never applied it.
-    expect(migrations?.Properties.version).toMatch(/^[0-9a-f]{16}$/);
+    // A hash of its inputs, not a constant: with the constant it once was, a deploy that added a
+    // migration never applied it.
+    expect(migrations?.Properties.version).toBe(deployInputsHash());
+    // The hash moves with each kind of input: an edited or added migration, a changed projection.
+    const root = mkdtempSync(join(tmpdir(), 'ledgerline-inputs-'));
+    try {
+      for (const dir of ['migrations', 'functions/domain', 'functions/core/projections']) mkdirSync(join(root, dir), { recursive: true });
+      writeFileSync(join(root, 'migrations/001_a.sql'), 'create table a ();');
+      writeFileSync(join(root, 'functions/domain/p.ts'), 'export const p = 1;');
+      const seen = new Set([deployInputsHash(root)]);
+      writeFileSync(join(root, 'migrations/001_a.sql'), 'create table a (x int);');
+      seen.add(deployInputsHash(root));
+      writeFileSync(join(root, 'migrations/002_b.sql'), 'create table b ();');
+      seen.add(deployInputsHash(root));
+      writeFileSync(join(root, 'functions/domain/p.ts'), 'export const p = 2;');
+      seen.add(deployInputsHash(root));
+      writeFileSync(join(root, 'functions/core/projections/q.ts'), 'export const q = 1;');
+      seen.add(deployInputsHash(root));
+      expect(seen.size).toBe(5);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 
   it('retains and protects the production database, and not a dev one', () => {
