@@ -26,7 +26,7 @@ language sql stable parallel safe as $$
     -- The common case first, the form JS toISOString() writes ('2026-01-01T00:00:00.000Z'): valid iff
     -- PostgreSQL reads it and writes it back unchanged (no February 30th, no hour 24, no second 60
     -- survive that), in the years 1000 to 9998; then it is its own normal form. About 1.5 µs per
-    -- event against the 4.5 µs of the checks below.
+    -- event against the 4.5 µs of the checks below (one timing over 200,000 events).
     when p_value like '____-__-__T__:__:__.___Z' and p_value collate "C" >= '1000' and p_value collate "C" < '9999'
      and pg_input_is_valid(p_value, 'timestamptz')
      and to_char(p_value::timestamptz at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') = p_value
@@ -34,7 +34,7 @@ language sql stable parallel safe as $$
     when p_value is not null
      -- The shape, with every digit read as 0: 'YYYY-MM-DDTHH:MM:SS', then an optional fraction of 1
      -- to 9 digits and 'Z' or an offset '+HH:MM' (translate and compare: a regular expression cost
-     -- 2.6 µs per event, most of a replay's time).
+     -- 2.6 µs per event in the same timing, most of a replay's time).
      and left(translate(p_value, '123456789', '000000000'), 19) = '0000-00-00T00:00:00'
      and translate(substr(p_value, 20), '123456789', '000000000') = any (array['Z', '+00:00', '-00:00', '.0Z', '.0+00:00', '.0-00:00', '.00Z', '.00+00:00', '.00-00:00', '.000Z', '.000+00:00', '.000-00:00', '.0000Z', '.0000+00:00', '.0000-00:00', '.00000Z', '.00000+00:00', '.00000-00:00', '.000000Z', '.000000+00:00', '.000000-00:00', '.0000000Z', '.0000000+00:00', '.0000000-00:00', '.00000000Z', '.00000000+00:00', '.00000000-00:00', '.000000000Z', '.000000000+00:00', '.000000000-00:00'])
      -- The fields in range: years 1000 to 9998, hour, minute, second, offset up to 14:59; month and
