@@ -200,6 +200,40 @@ describe('rebuild', () => {
     }
   });
 
+  it('drains until the backlog is small, leaving Flip only what arrives during a small batch, and stops once it no longer shrinks', async () => {
+    const { lease, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'converge' });
+    await startRebuild(db, orderSummary, lease);
+    while (!(await replay(db, orderSummary, lease)).done);
+    await seed(60, 1); // 60 skip rows
+    // Appends arrive while each batch runs, in proportion to its size (as they do to its duration).
+    let arrivals = 0.3;
+    const sizes: number[] = [];
+    const hooks = {
+      insideBatch: async (step: string, _tx: unknown, size: number) => {
+        if (step !== 'drain') return;
+        sizes.push(size);
+        await seed(Math.ceil(size * arrivals), 1);
+      },
+    };
+    // 60 -> batches of 20, 20, 20, 18 (+6 each), then 6 (+2), then 2 (<= 5): Flip is left what
+    // arrived during that last small batch. Stopping at the first short batch (18) left 6.
+    const first = await drain(db, orderSummary, lease, { batchSize: 20, flipBacklog: 5, hooks });
+    expect(sizes).toEqual([20, 20, 20, 18, 6, 2]);
+    expect(first.skipsPending).toBe(1);
+
+    // Appends as fast as it drains: the backlog stays where it is, so drain gives up after the
+    // batch that did not shrink it, not at its time budget.
+    arrivals = 1;
+    sizes.length = 0;
+    await seed(9, 1);
+    const second = await drain(db, orderSummary, lease, { batchSize: 20, flipBacklog: 5, maxMs: 30_000, hooks });
+    expect(sizes).toEqual([10, 10]);
+    expect(second.skipsPending).toBe(10);
+
+    expect((await flipRebuild(db, orderSummary, lease, { lockTimeoutMs: 5_000 })).skipsDrained).toBe(10);
+    await expectReadModelMatchesLog(db, tableFor('order_summary', rebuild.version));
+  });
+
   it('cancels an abandoned blue-green rebuild and leaves the live version untouched', async () => {
     const live = await liveTable();
     const { lease, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'w1' });
@@ -343,7 +377,8 @@ describe('flip and in-flight appends', () => {
       await seed(1, 1); // a higher position, committed now
       await drain(db, orderSummary, l, {
         hooks: {
-          // Inside the batch, after its read: the late append commits now.
+          // Inside the batch, after its read (the whole batch, in its one-statement form): the late
+          // append commits now.
           insideBatch: async (step) => {
             if (step !== 'drain') return;
             late.release();

@@ -1,6 +1,8 @@
 import type { Db, Tx } from '../../db/types.ts';
 import { eventColumns, toStoredEvent, type StoredEventRow } from '../event-store/read.ts';
-import type { ProjectionDefinition } from '../projections/definition.ts';
+import { breakages } from '../breakages.ts';
+import { applyFunctionFor, tableFor, type ProjectionDefinition } from '../projections/definition.ts';
+import { ident } from '../sql-ident.ts';
 import { applyBatch } from './apply-batch.ts';
 import { catchUpAsync } from './async-catch-up.ts';
 import { beginStep } from './lease.ts';
@@ -15,19 +17,38 @@ export interface DrainResult {
 }
 
 /**
+ * Below this many skip rows in a batch, drain stops and leaves the rest to Flip (DrainOptions).
+ */
+export const FLIP_BACKLOG = 50;
+
+export interface DrainOptions extends BudgetOptions {
+  /**
+   * Drain stops once a batch applies at most this many skip rows (default FLIP_BACKLOG), or once
+   * a short batch is no smaller than the one before it (the backlog has stopped shrinking: appends
+   * arrive as fast as a batch drains them), or when the budget is spent. Flip applies what is left
+   * while every writer of the projection waits on its lock, so this is what bounds the flip stall:
+   * stopping at the first short batch, as drain did, left the skip rows of one whole batch's
+   * duration (300–600 under the bench's 32 writers, about 40 ms of the lock).
+   */
+  flipBacklog?: number;
+}
+
+/**
  * Drain (many short transactions): apply the events that appends recorded as skipped, in position
- * order, deleting exactly their skip rows in the same transaction. It returns once a batch comes
- * back short (the backlog is down to what arrives while we work) or the budget is spent; Flip
+ * order, deleting exactly their skip rows in the same transaction. It returns once the backlog is
+ * down to what arrives while a small batch runs (`flipBacklog`) or the budget is spent; Flip
  * applies the rest under the lock.
  */
-export async function drain(db: Db, definition: ProjectionDefinition, lease: RebuildLease, options: BudgetOptions = {}): Promise<DrainResult> {
+export async function drain(db: Db, definition: ProjectionDefinition, lease: RebuildLease, options: DrainOptions = {}): Promise<DrainResult> {
   const batchSize = options.batchSize ?? 5_000;
+  const flipBacklog = options.flipBacklog ?? FLIP_BACKLOG;
   const deadline = Date.now() + (options.maxMs ?? 60_000);
   const maxBatches = options.maxBatches ?? Number.POSITIVE_INFINITY;
   if (definition.kind === 'async') {
     const { rebuild } = await catchUpAsync(db, definition, lease, 'drain', { batchSize, deadline });
     return { phase: rebuild.phase, skipsDrained: 0, skipsPending: 0 };
   }
+  let previous = Number.POSITIVE_INFINITY;
   for (let batches = 0; ; batches++) {
     const { rebuild, drained } = await db.transaction(async (tx) => {
       const row = await beginStep(tx, lease);
@@ -39,7 +60,9 @@ export async function drain(db: Db, definition: ProjectionDefinition, lease: Reb
       ]);
       return { rebuild: { ...row, skips_drained: row.skips_drained + n }, drained: n };
     });
-    if (rebuild.phase !== 'draining' || drained < batchSize || Date.now() >= deadline || batches + 1 >= maxBatches) {
+    const settled = drained <= flipBacklog || (drained < batchSize && drained >= previous);
+    previous = drained;
+    if (rebuild.phase !== 'draining' || settled || Date.now() >= deadline || batches + 1 >= maxBatches) {
       return { phase: rebuild.phase, skipsDrained: rebuild.skips_drained, skipsPending: await countSkips(db, rebuild) };
     }
   }
@@ -54,6 +77,11 @@ export async function drainBatch(
   hooks: RebuildHooks | undefined,
   step: 'drain' | 'flip',
 ): Promise<number> {
+  if (definition.sqlApply && !breakages.skipDeleteByRange) {
+    const n = await drainBatchInSql(tx, definition, rebuild, batchSize);
+    await hooks?.insideBatch?.(step, tx, n);
+    return n;
+  }
   const rows = await tx.query<StoredEventRow>(
     `select ${eventColumns('e')}
        from projection_skips s
@@ -67,6 +95,48 @@ export async function drainBatch(
   await hooks?.insideBatch?.(step, tx, events.length);
   await applyBatch(tx, definition, rebuild, events);
   return events.length;
+}
+
+/**
+ * A drain batch of a projection that applies in SQL, as one statement (as replay's batches are):
+ * the oldest `batchSize` skip rows' events, read into one array, go to the version's
+ * `<table>_apply`, and the skip rows of exactly those positions are deleted; only the count comes
+ * back. Flip runs it under the exclusive lock, where every round trip is time that all writers of
+ * the projection queue for: read into the client, applied by position and then deleted, the same
+ * batch took three.
+ *
+ * Why the deletion is safe: the array is read once and both the apply and the deletion take it,
+ * so a skip row that commits while the statement runs is neither applied nor deleted (it is not in
+ * the statement's snapshot) and the next batch takes it. `breakages.skipDeleteByRange` runs the
+ * two-statement batch below instead, whose range delete races a late-committing append (in one
+ * statement the range would see the same snapshot as the read, so there would be no race to show).
+ */
+async function drainBatchInSql(tx: Tx, definition: ProjectionDefinition, rebuild: RebuildRow, batchSize: number): Promise<number> {
+  const apply = ident(applyFunctionFor(tableFor(definition.name, rebuild.version)));
+  const [row] = await tx.query<{ size: number }>(
+    `with b as materialized (
+       select array(select e from projection_skips as s
+                      join events as e on e.global_position = s.global_position
+                     where s.projection = $1 and s.version = $2
+                     order by s.global_position
+                     limit $3) as events
+     ),
+     -- Applied in position order: the array is ordered by the skip rows' positions.
+     applied as materialized (select ${apply}(b.events) from b where cardinality(b.events) > 0),
+     positions as materialized (
+       select array(select (x).global_position from b, unnest(b.events) as x) as list
+     ),
+     deleted as (
+       delete from projection_skips as s
+        where s.projection = $1 and s.version = $2
+          -- The cast makes the subquery a scalar array for "= any", as in replay.ts.
+          and s.global_position = any ((select list from positions)::bigint[])
+     )
+     -- applied's count is selected, or the CTE would not run (replay.ts).
+     select cardinality(b.events) as size, (select count(*) from applied) as applied from b`,
+    [definition.name, rebuild.version, batchSize],
+  );
+  return row?.size ?? 0;
 }
 
 export async function countSkips(db: Db | Tx, rebuild: Pick<RebuildRow, 'projection' | 'version'>): Promise<number> {

@@ -35,8 +35,9 @@ export interface RebuildLease {
 
 /**
  * Fault-injection points for tests: called inside a batch's transaction after the fencing check
- * and the read, before commit (before the apply, except in the replay of a projection that applies
- * in SQL, where read and apply are one statement), with the batch's size. A hook may delay (a slow
+ * and the read, before commit (before the apply, except in the replay and drain of a projection
+ * that applies in SQL, where read, apply and skip deletion are one statement), with the batch's
+ * size. A hook may delay (a slow
  * worker) or throw (a crash mid-batch).
  */
 export interface RebuildHooks {
