@@ -3,7 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { resetBreakages, breakages } from '../../functions/core/breakages.ts';
 import { appendToStream } from '../../functions/core/event-store/index.ts';
 import type { NewEvent } from '../../functions/core/event-store/types.ts';
-import { LOCK_KEY_SQL, tableFor, type ProjectionDefinition } from '../../functions/core/projections/definition.ts';
+import { LOCK_KEY_SQL, applyFunctionFor, tableFor, type ProjectionDefinition } from '../../functions/core/projections/definition.ts';
 import { ident } from '../../functions/core/sql-ident.ts';
 import { ensureProjection, resolveReadTarget } from '../../functions/core/projections/ensure.ts';
 import {
@@ -71,6 +71,16 @@ describe('inline projection', () => {
     ).rejects.toThrow('changed my mind');
     const rows = await readOrderSummaryRows(db, await liveTable());
     expect(rows.find((r) => r.order_id === id)).toBeUndefined();
+  });
+  it('applies nothing for a null event, which is how appends prepare a rebuilding version ahead of its flip (migration 005)', async () => {
+    await seed(2, 2);
+    const table = await liveTable();
+    const before = await readOrderSummaryRows(db, table);
+    expect(before.length).toBeGreaterThan(0);
+    for (const events of ['array[null::events]', 'array[null::events, null::events]']) {
+      await db.query(`select ${ident(applyFunctionFor(table))}(${events})`);
+    }
+    expect(await readOrderSummaryRows(db, table)).toEqual(before);
   });
 });
 

@@ -25,7 +25,8 @@ export const APPEND_TIMEOUTS = {
  *
  * The steps, and why (DESIGN.md 3.1), in as few statements as the protocol allows:
  * 1.-4. One call of `ledgerline_append` (migrations/003_append_function.sql, where each step is
- *    explained, and 004_inline_sql_apply.sql, which adds steps 7 and 8): the shared advisory locks of the inline projections these events feed; the
+ *    explained; 004_inline_sql_apply.sql adds steps 7 and 8, and 005_prepare_before_the_lock.sql
+ *    step 9): the shared advisory locks of the inline projections these events feed; the
  *    transaction-local timeouts; the stream row lock; the version, and the events already stored
  *    with caller-chosen ids, read after it; the expected-version check; the projection versions'
  *    states, read after the advisory locks (projections/inline.ts); the insert of the events with the

@@ -30,7 +30,9 @@ export interface ProjectionDefinition {
    * which applies those events (rows of the log's type), and `apply` is `applyInSql`, which calls it. An append then applies a
    * `live` version inside its own server-side call (migration 004), so an append that feeds only
    * such projections is one statement and needs no explicit transaction. Release and Cancel drop
-   * the function with the tables.
+   * the function with the tables. The function must apply nothing for a null element: while a
+   * version rebuilds, appends call it now and then with `array[null::events]`, so that each
+   * connection has compiled and planned it before the flip (migration 005).
    */
   sqlApply?: boolean;
 }
