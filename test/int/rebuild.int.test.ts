@@ -244,6 +244,15 @@ describe('rebuild', () => {
     await expectReadModelMatchesLog(db, tableFor('order_summary', rebuild.version));
   });
 
+  it("creates no table for a blue-green Start whose rebuild was cancelled before it ran (Start's DDL is fenced)", async () => {
+    const { lease, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'late-start' });
+    await cancelRebuild(db, orderSummary, lease.rebuildId);
+    await expect(startRebuild(db, orderSummary, lease)).rejects.toBeInstanceOf(FencingTokenLostError);
+    const table = tableFor('order_summary', rebuild.version);
+    expect(await db.query('select 1 from pg_class where relname = $1', [table])).toEqual([]);
+    expect(await db.query('select 1 from pg_proc where proname = $1', [applyFunctionFor(table)])).toEqual([]);
+  });
+
   it('cancels an abandoned blue-green rebuild and leaves the live version untouched', async () => {
     const live = await liveTable();
     const { lease, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'w1' });

@@ -15,9 +15,9 @@ export interface LockRetryOptions {
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /**
- * Start (one transaction): the version's table created (blue-green: before the lock; in-place:
- * after it), the exclusive advisory lock, then the version marked `rebuilding`, its table
- * truncated, and the replay target recorded.
+ * Start: the version's table created (blue-green: in a transaction of its own, before the locked
+ * one; in-place: after the lock), then in one transaction the exclusive advisory lock, the version
+ * marked `rebuilding`, its table truncated, and the replay target recorded.
  *
  * Why it is safe: appends hold the shared lock of the same key from before they read the states
  * until they commit. Once Start holds the exclusive lock, every append that decided without seeing
@@ -36,18 +36,27 @@ export async function startRebuild(
   lease: RebuildLease,
   options: LockRetryOptions = {},
 ): Promise<RebuildRow> {
+  // Blue-green: the new version's table (and a sqlApply projection's function) before the lock, so
+  // that writers do not wait for DDL; no append writes to it until the state says `rebuilding`, and
+  // that is written under the lock. In a transaction of its own, so that the locked one below does
+  // not commit catalog changes while every writer queues for it. Fenced like every step: once a
+  // Cancel (which drops the version's tables) or a takeover has moved the token, this creates
+  // nothing; a crash after it leaves a table that the next Start reuses and a Cancel drops.
+  // In-place the table is the live one, which appends write: DDL on it (a `create index if not
+  // exists` locks the table before it checks) could wait for an append that holds the shared lock
+  // while that append waits for our table lock, a deadlock. So there it stays after the lock, where
+  // no append holds the shared lock.
+  const prepared = await db.transaction(async (tx) => {
+    const rebuild = await beginStep(tx, lease);
+    if (rebuild.phase === 'starting' && rebuild.mode === 'blue-green') await definition.createTable(tx, tableFor(definition.name, rebuild.version));
+    return rebuild;
+  });
+  if (prepared.phase !== 'starting') return prepared;
   return withLockRetries(options, (lockTimeoutMs) =>
     db.transaction(async (tx) => {
       const rebuild = await beginStep(tx, lease, lockTimeoutMs);
       if (rebuild.phase !== 'starting') return rebuild;
       const table = tableFor(definition.name, rebuild.version);
-      // Blue-green: the new version's table before the lock, so that writers do not wait for DDL;
-      // no append writes to it until the state below says `rebuilding`, and that is written under
-      // the lock. In-place the table is the live one, which appends write: DDL on it (a `create
-      // index if not exists` locks the table before it checks) could wait for an append that holds
-      // the shared lock while that append waits for our table lock, a deadlock. So there it stays
-      // after the lock, where no append holds the shared lock.
-      if (rebuild.mode === 'blue-green') await definition.createTable(tx, table);
       const locked = lockProjectionExclusive(tx, definition.name);
       if (rebuild.mode !== 'blue-green') await inOrder([locked, definition.createTable(tx, table)]);
 
