@@ -185,9 +185,9 @@ export interface FlipRun {
 
 /**
  * Scenario 3, one repetition: `concurrency` writers append continuously (ledgerline, order summary
- * inline). First `steadyMs` with no rebuild; then `rebuilds` blue-green rebuilds back to back, run
+ * inline; each append as scenario 1's, the HTTP API's: one autocommit statement). First `steadyMs` with no rebuild; then `rebuilds` blue-green rebuilds back to back, run
  * by a worker thread (flip-worker.ts: as in production, not on the writers' event loop). An
- * append counts for "Start/Flip" when its interval overlaps a Start or Flip transaction. After Start
+ * append counts for "Start/Flip" when its interval overlaps a Start or Flip step. After Start
  * the replay waits `settleMs`, so that the appends overlapping Start finish before the replay's
  * batches compete with them for the same two cores: the figure is Start's stall, not the replay's
  * load. That load is reported apart: appends during a rebuild that overlap neither.
@@ -207,7 +207,7 @@ export async function flipRun(serverUrl: string, concurrency: number, seedEvents
         const orderId = streamOf(w, i);
         const { type, data } = orderEvent(random, orderId, i);
         const t0 = at();
-        await d.db.transaction((tx) => appendToStream(tx, `order-${orderId}`, [{ type, data }], { projections: [orderSummary] }));
+        await appendToStream(d.db, `order-${orderId}`, [{ type, data }], { projections: [orderSummary] });
         samples.push([t0, at()]);
       }
     });
