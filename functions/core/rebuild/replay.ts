@@ -133,20 +133,33 @@ async function replayBatchInSql(
     : // The cast makes the subquery a scalar array for `= any`, not a subquery ANY over rows of arrays.
       's.global_position = any ((select list from positions)::bigint[])';
   const [row] = await tx.query<{ size: number; last: number | null; more: boolean }>(
-    `with sized as materialized (
-       -- The batch's positions and the bytes before each (data and metadata as stored, plus the
-       -- row's other columns): a narrow pass, so that the cut costs no whole rows.
-       select e.global_position as gp,
-              sum(pg_column_size(e.data) + pg_column_size(e.metadata) + 200) over (order by e.global_position)
-                - (pg_column_size(e.data) + pg_column_size(e.metadata) + 200) as before
-         from events as e
-        where e.global_position > $1 and e.global_position <= $2
-          and e.type = any (array(select jsonb_array_elements_text($3::jsonb)))
-        order by e.global_position
-        limit $4
+    `with head as materialized (
+       -- The batch before the byte cut: its count, last position and bytes (data and metadata as
+       -- stored, plus the row's other columns), in a narrow pass that builds no rows.
+       select count(*) as n, max(x.gp) as last, coalesce(sum(x.bytes), 0) as bytes
+         from (select e.global_position as gp, pg_column_size(e.data) + pg_column_size(e.metadata) + 200 as bytes
+                 from events as e
+                where e.global_position > $1 and e.global_position <= $2
+                  and e.type = any (array(select jsonb_array_elements_text($3::jsonb)))
+                order by e.global_position
+                limit $4) as x
      ),
      cut as materialized (
-       select count(*) as n, max(gp) filter (where before < $7) as upto from sized
+       -- Under the budget (the usual case) the batch is all of it. Over it, the last event that
+       -- starts under the budget, from a running sum: a second pass, only then (the subquery in
+       -- the ELSE is evaluated only when that branch is taken; the running sum in every batch cost
+       -- about a tenth of a replay, a throwaway EXPLAIN ANALYZE of 100,000-event batches).
+       select h.n, case when h.bytes < $7 then h.last else (
+                select max(w.gp) filter (where w.before < $7)
+                  from (select e.global_position as gp,
+                               sum(pg_column_size(e.data) + pg_column_size(e.metadata) + 200) over (order by e.global_position)
+                                 - (pg_column_size(e.data) + pg_column_size(e.metadata) + 200) as before
+                          from events as e
+                         where e.global_position > $1 and e.global_position <= $2
+                           and e.type = any (array(select jsonb_array_elements_text($3::jsonb)))
+                         order by e.global_position
+                         limit $4) as w) end as upto
+         from head as h
      ),
      b as materialized (
        select array(select e from events as e
