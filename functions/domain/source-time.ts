@@ -2,7 +2,8 @@
  * The source's own time of an observation (`data.occurredAt`), normalised to UTC
  * `YYYY-MM-DDTHH:MM:SS.mmmZ`, or undefined when the value does not count as one.
  *
- * The twin of `ledgerline_source_time` in migrations/004_inline_sql_apply.sql, which the
+ * The twin of `ledgerline_source_time` (migrations/004_inline_sql_apply.sql; 006 checks its common
+ * case more cheaply), which the
  * order_summary projection computes its documents with; the edge validates with this one and the
  * write side decides with it, so a time either side accepts is read the same by both
  * (test/int/source-time.int.test.ts). The rule, stricter than Date.parse (which takes February 30th
