@@ -1,8 +1,7 @@
 import type { Db, Tx } from '../../db/types.ts';
 import { eventColumns, toStoredEvent, type StoredEventRow } from '../event-store/read.ts';
 import { breakages } from '../breakages.ts';
-import { applyFunctionFor, tableFor, type ProjectionDefinition } from '../projections/definition.ts';
-import { ident } from '../sql-ident.ts';
+import type { ProjectionDefinition } from '../projections/definition.ts';
 import { applyBatch } from './apply-batch.ts';
 import { catchUpAsync } from './async-catch-up.ts';
 import { beginStep } from './lease.ts';
@@ -99,11 +98,11 @@ export async function drainBatch(
 
 /**
  * A drain batch of a projection that applies in SQL, as one statement (as replay's batches are):
- * the oldest `batchSize` skip rows' events, read into one array, go to the version's
- * `<table>_apply`, and the skip rows of exactly those positions are deleted; only the count comes
- * back. Flip runs it under the exclusive lock, where every round trip is time that all writers of
- * the projection queue for: read into the client, applied by position and then deleted, the same
- * batch took three.
+ * `ledgerline_drain_batch` (migration 007, where its statement is) reads the oldest `batchSize` skip
+ * rows' events into one array, gives it to the version's `<table>_apply`, and deletes the skip rows
+ * of exactly those positions; only the count comes back. Flip runs the same function under the
+ * exclusive lock, where every round trip is time that all writers of the projection queue for:
+ * read into the client, applied by position and then deleted, the same batch took three.
  *
  * Why the deletion is safe: the array is read once and both the apply and the deletion take it,
  * so a skip row that commits while the statement runs is neither applied nor deleted (it is not in
@@ -112,30 +111,11 @@ export async function drainBatch(
  * statement the range would see the same snapshot as the read, so there would be no race to show).
  */
 async function drainBatchInSql(tx: Tx, definition: ProjectionDefinition, rebuild: RebuildRow, batchSize: number): Promise<number> {
-  const apply = ident(applyFunctionFor(tableFor(definition.name, rebuild.version)));
-  const [row] = await tx.query<{ size: number }>(
-    `with b as materialized (
-       select array(select e from projection_skips as s
-                      join events as e on e.global_position = s.global_position
-                     where s.projection = $1 and s.version = $2
-                     order by s.global_position
-                     limit $3) as events
-     ),
-     -- Applied in position order: the array is ordered by the skip rows' positions.
-     applied as materialized (select ${apply}(b.events) from b where cardinality(b.events) > 0),
-     positions as materialized (
-       select array(select (x).global_position from b, unnest(b.events) as x) as list
-     ),
-     deleted as (
-       delete from projection_skips as s
-        where s.projection = $1 and s.version = $2
-          -- The cast makes the subquery a scalar array for "= any", as in replay.ts.
-          and s.global_position = any ((select list from positions)::bigint[])
-     )
-     -- applied's count is selected, or the CTE would not run (replay.ts).
-     select cardinality(b.events) as size, (select count(*) from applied) as applied from b`,
-    [definition.name, rebuild.version, batchSize],
-  );
+  const [row] = await tx.query<{ size: number }>('select ledgerline_drain_batch($1::text, $2::integer, $3::integer) as size', [
+    definition.name,
+    rebuild.version,
+    batchSize,
+  ]);
   return row?.size ?? 0;
 }
 

@@ -1,9 +1,9 @@
-import { inOrder, type Db } from '../../db/types.ts';
+import { inOrder, type Db, type Tx } from '../../db/types.ts';
 import { breakages } from '../breakages.ts';
 import { isSqlState } from '../errors.ts';
 import { lockProjectionExclusive, type ProjectionDefinition } from '../projections/definition.ts';
 import { drainBatch } from './drain.ts';
-import { beginStep } from './lease.ts';
+import { beginStep, FENCED_CALL_ARGS, fencedCall, fencedCallParams } from './lease.ts';
 import type { RebuildHooks, RebuildLease, RebuildRow } from './types.ts';
 
 export interface FlipResult {
@@ -34,6 +34,7 @@ export async function flipRebuild(
   options: { lockTimeoutMs?: number; batchSize?: number; hooks?: RebuildHooks } = {},
 ): Promise<FlipResult> {
   const batchSize = options.batchSize ?? 5_000;
+  if (definition.sqlApply) return flipInSql(db, lease, batchSize, options);
   try {
     return await db.transaction(async (tx): Promise<FlipResult> => {
       const rebuild = await beginStep(tx, lease, options.lockTimeoutMs ?? 100);
@@ -75,6 +76,47 @@ export async function flipRebuild(
       ]);
       return { flipped: true, phase: 'done', skipsDrained: drained };
     });
+  } catch (error) {
+    if (isSqlState(error, '55P03')) return { flipped: false, phase: 'draining', skipsDrained: 0 };
+    throw error;
+  }
+}
+
+/**
+ * Flip of a projection applied in SQL: one call of `ledgerline_rebuild_flip` (migration 007), the
+ * same steps as above on the server: the fencing check, then in phase `draining` only the lock, the
+ * last skip rows (ledgerline_drain_batch until a batch comes back short), the closing updates. Made
+ * on the Db, the call is its own transaction: the lock is held for the server's work alone, the
+ * commit included, where the client-driven flip held it across three round trips (the lock with
+ * the first drain, the updates, COMMIT). With fault-injection hooks (tests) it runs inside a
+ * transaction instead, and the hook runs after the call and before the commit, so that a crash
+ * there rolls the whole flip back. `breakages.flipWithoutLock` is a parameter of the call.
+ */
+async function flipInSql(
+  db: Db,
+  lease: RebuildLease,
+  batchSize: number,
+  options: { lockTimeoutMs?: number; hooks?: RebuildHooks },
+): Promise<FlipResult> {
+  const call = async (q: Db | Tx) => {
+    const [row] = await q.query<{ r: { phase: RebuildRow['phase']; drained: number } }>(
+      `select ledgerline_rebuild_flip(${FENCED_CALL_ARGS}, $7::boolean, $8::integer) as r`,
+      [...fencedCallParams(lease, options.lockTimeoutMs ?? 100), breakages.flipWithoutLock, batchSize],
+    );
+    return row!.r;
+  };
+  const hook = options.hooks?.insideBatch;
+  try {
+    const r = await fencedCall(lease, () =>
+      hook
+        ? db.transaction(async (tx) => {
+            const result = await call(tx);
+            await hook('flip', tx, result.drained);
+            return result;
+          })
+        : call(db),
+    );
+    return { flipped: r.phase === 'done', phase: r.phase, skipsDrained: r.drained };
   } catch (error) {
     if (isSqlState(error, '55P03')) return { flipped: false, phase: 'draining', skipsDrained: 0 };
     throw error;

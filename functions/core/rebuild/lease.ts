@@ -1,5 +1,6 @@
-import { inOrder, type Tx } from '../../db/types.ts';
+import { inOrder, type Db, type Tx } from '../../db/types.ts';
 import { breakages } from '../breakages.ts';
+import { isSqlState } from '../errors.ts';
 import { FencingTokenLostError } from './errors.ts';
 import type { RebuildLease, RebuildRow } from './types.ts';
 
@@ -69,5 +70,34 @@ export async function setRebuildTimeouts(tx: Tx, lockTimeoutMs?: number): Promis
  */
 export async function beginStep(tx: Tx, lease: RebuildLease, lockTimeoutMs?: number): Promise<RebuildRow> {
   const [, row] = await inOrder([setRebuildTimeouts(tx, lockTimeoutMs), fence(tx, lease)]);
+  return row;
+}
+
+/**
+ * The fencing check and limits of a step run as one server-side call (migration 007:
+ * `ledgerline_rebuild_start`, `ledgerline_rebuild_flip`, which begin with
+ * `ledgerline_rebuild_begin`, the SQL form of beginStep): the parameters every such call takes
+ * first, and the error it raises for a lost lease (SQLSTATE LLF01), reported as
+ * FencingTokenLostError.
+ */
+export function fencedCallParams(lease: RebuildLease, lockTimeoutMs: number): unknown[] {
+  return [lease.rebuildId, lease.owner, lease.fencingToken, lease.leaseMs, String(lockTimeoutMs), breakages.fencingPlainSelect];
+}
+
+export const FENCED_CALL_ARGS = '$1::uuid, $2::text, $3::bigint, $4::double precision, $5::text, $6::boolean';
+
+export async function fencedCall<T>(lease: RebuildLease, call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (error) {
+    if (isSqlState(error, 'LLF01')) throw new FencingTokenLostError(lease.rebuildId);
+    throw error;
+  }
+}
+
+/** The rebuild row as every step reports it. */
+export async function readRebuild(q: Db | Tx, rebuildId: string): Promise<RebuildRow> {
+  const [row] = await q.query<RebuildRow>(`select ${REBUILD_COLUMNS} from rebuilds where rebuild_id = $1::uuid`, [rebuildId]);
+  if (!row) throw new FencingTokenLostError(rebuildId);
   return row;
 }

@@ -1,7 +1,8 @@
-import { inOrder, type Db } from '../../db/types.ts';
+import type { Db, Tx } from '../../db/types.ts';
 import { isSqlState } from '../errors.ts';
-import { clearTables, lockProjectionExclusive, tableFor, type ProjectionDefinition } from '../projections/definition.ts';
-import { beginStep } from './lease.ts';
+import { tableFor, type ProjectionDefinition } from '../projections/definition.ts';
+import { ident } from '../sql-ident.ts';
+import { beginStep, FENCED_CALL_ARGS, fencedCall, fencedCallParams, readRebuild } from './lease.ts';
 import type { RebuildLease, RebuildRow } from './types.ts';
 
 export interface LockRetryOptions {
@@ -52,43 +53,33 @@ export async function startRebuild(
     return rebuild;
   });
   if (prepared.phase !== 'starting') return prepared;
-  return withLockRetries(options, (lockTimeoutMs) =>
-    db.transaction(async (tx) => {
-      const rebuild = await beginStep(tx, lease, lockTimeoutMs);
-      if (rebuild.phase !== 'starting') return rebuild;
-      const table = tableFor(definition.name, rebuild.version);
-      const locked = lockProjectionExclusive(tx, definition.name);
-      if (rebuild.mode !== 'blue-green') await inOrder([locked, definition.createTable(tx, table)]);
-
-      // The lock and everything after it, sent together: one round trip, so the time writers queue
-      // behind the lock is the server's work, not client round trips on a busy machine. The server
-      // runs them in order; each statement after the lock takes its snapshot after the lock was
-      // granted, so it sees every append that held the shared lock. A lock timeout fails the lock
-      // statement first, and the rest only echo it (inOrder reports the first).
-      const [, , , , [row]] = await inOrder([
-        locked,
-        tx.query(
-          `insert into projections (name, version, kind, state)
-           values ($1, $2, $3, 'rebuilding')
-           on conflict (name, version) do update
-             set state = 'rebuilding', checkpoint = 0, gaps = '[]'::jsonb, lease_owner = null, lease_expires_at = null,
-                 updated_at = now()`,
-          [definition.name, rebuild.version, definition.kind],
-        ),
-        clearTables(tx, definition, rebuild.version, 'truncate'),
-        tx.query('delete from projection_skips where projection = $1 and version = $2', [definition.name, rebuild.version]),
-        tx.query<RebuildRow>(
-          `update rebuilds
-              set phase = 'replaying', checkpoint = 0, events_replayed = 0, skips_drained = 0, updated_at = now(),
-                  target_position = (select coalesce(max(global_position), 0) from events)
-            where rebuild_id = $1::uuid
-            returning rebuild_id::text, phase, target_position, version, checkpoint`,
-          [lease.rebuildId],
-        ),
-      ]);
-      return { ...rebuild, ...row! };
+  const table = tableFor(definition.name, prepared.version);
+  const tables = JSON.stringify((definition.tables?.(table) ?? [table]).map((t) => (ident(t), t)));
+  // The locked part is one call of `ledgerline_rebuild_start` (migration 007): the fencing check,
+  // then, in phase `starting` only, the lock and, each with a snapshot taken after the lock was
+  // granted (so they see every append that held the shared lock), the version marked `rebuilding`,
+  // its tables truncated, its skip rows deleted and the replay target recorded. Blue-green: the
+  // call is its own transaction, so the lock is held for the server's work alone, the commit
+  // included, with no client round trip while writers queue behind it. In-place: inside a
+  // transaction that then runs the DDL on the live table, still under the lock (see above).
+  await withLockRetries(options, (lockTimeoutMs) =>
+    fencedCall(lease, async () => {
+      const call = (q: Db | Tx) =>
+        q.query<{ phase: RebuildRow['phase'] }>(
+          `select ledgerline_rebuild_start(${FENCED_CALL_ARGS}, $7::text, array(select jsonb_array_elements_text($8::jsonb))) as phase`,
+          [...fencedCallParams(lease, lockTimeoutMs), definition.kind, tables],
+        );
+      if (prepared.mode === 'blue-green') {
+        await call(db);
+        return;
+      }
+      await db.transaction(async (tx) => {
+        const [row] = await call(tx);
+        if (row?.phase === 'replaying') await definition.createTable(tx, table);
+      });
     }),
   );
+  return readRebuild(db, lease.rebuildId);
 }
 
 /** Runs `attempt` with a growing lock_timeout until it does not time out on a lock. */
