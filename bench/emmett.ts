@@ -14,6 +14,9 @@ import { sectionDoc } from './lib.ts';
  */
 export async function emmettStore(url: string, concurrency: number) {
   const pool = new pg.Pool({ connectionString: url, max: concurrency });
+  // An idle client's error (the bench drops the database with FORCE once a run ends) is an 'error'
+  // event on the pool, which without a listener ends the process, as one bench run did.
+  pool.on('error', () => undefined);
   await pool.query(`create table if not exists emmett_order_summary (${ORDER_SUMMARY_COLUMNS})`);
   const summary = postgreSQLRawSQLProjection({
     name: 'order_summary',
