@@ -28,13 +28,22 @@ export async function applyBatch(
         'delete from projection_skips where projection = $1 and version = $2 and global_position <= $3',
         [definition.name, rebuild.version, events[events.length - 1]!.globalPosition],
       )
-    : // `= any(array)` probes the primary key once per position; an IN over the set-returning function
-      // was planned as a nested loop over every skip row of the version (seconds per batch at 50k rows).
+    : // The batch's range is the index condition and `= any(array)` keeps exactly its positions: an
+      // IN over the set-returning function was planned as a nested loop over every skip row of the
+      // version (seconds per batch at 50k rows), and without the range the array was a filter over
+      // every skip row of the version, dead ones of earlier batches included.
       tx.query(
         `delete from projection_skips
           where projection = $1 and version = $2
+            and global_position between $4 and $5
             and global_position = any (${POSITIONS_SQL('$3::jsonb')})`,
-        [definition.name, rebuild.version, JSON.stringify(events.map((e) => e.globalPosition))],
+        [
+          definition.name,
+          rebuild.version,
+          JSON.stringify(events.map((e) => e.globalPosition)),
+          events.reduce((lo, e) => Math.min(lo, e.globalPosition), Number.POSITIVE_INFINITY),
+          events.reduce((hi, e) => Math.max(hi, e.globalPosition), 0),
+        ],
       );
   await inOrder([applied, deleted]);
 }

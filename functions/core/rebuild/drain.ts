@@ -4,7 +4,7 @@ import { breakages } from '../breakages.ts';
 import type { ProjectionDefinition } from '../projections/definition.ts';
 import { applyBatch } from './apply-batch.ts';
 import { catchUpAsync } from './async-catch-up.ts';
-import { beginStep } from './lease.ts';
+import { beginStep, FENCED_CALL_ARGS, fencedCall, fencedCallParams } from './lease.ts';
 import type { BudgetOptions } from './replay.ts';
 import type { RebuildHooks, RebuildLease, RebuildRow } from './types.ts';
 
@@ -23,8 +23,8 @@ export const FLIP_BACKLOG = 50;
 export interface DrainOptions extends BudgetOptions {
   /**
    * Drain stops once a batch applies at most this many skip rows (default FLIP_BACKLOG), or once
-   * a short batch is no smaller than the one before it (the backlog has stopped shrinking: appends
-   * arrive as fast as a batch drains them), or when the budget is spent. Flip applies what is left
+   * three short batches in a row are none smaller than the smallest before them (the backlog has
+   * stopped shrinking: appends arrive as fast as a batch drains them), or when the budget is spent. Flip applies what is left
    * while every writer of the projection waits on its lock, so this is what bounds the flip stall:
    * stopping at the first short batch, as drain did, left the skip rows of one whole batch's
    * duration (300–600 under the bench's 32 writers, about 40 ms of the lock).
@@ -47,27 +47,81 @@ export async function drain(db: Db, definition: ProjectionDefinition, lease: Reb
     const { rebuild } = await catchUpAsync(db, definition, lease, 'drain', { batchSize, deadline });
     return { phase: rebuild.phase, skipsDrained: 0, skipsPending: 0 };
   }
-  let previous = Number.POSITIVE_INFINITY;
+  let best = Number.POSITIVE_INFINITY;
+  let stalled = 0;
   for (let batches = 0; ; batches++) {
-    const { rebuild, drained } = await db.transaction(async (tx) => {
-      const row = await beginStep(tx, lease);
-      if (row.phase !== 'draining') return { rebuild: row, drained: 0 };
-      const n = await drainBatch(tx, definition, row, batchSize, options.hooks, 'drain');
-      await tx.query('update rebuilds set skips_drained = skips_drained + $2, updated_at = now() where rebuild_id = $1::uuid', [
-        lease.rebuildId,
-        n,
-      ]);
-      return { rebuild: { ...row, skips_drained: row.skips_drained + n }, drained: n };
-    });
-    const settled = drained <= flipBacklog || (drained < batchSize && drained >= previous);
-    previous = drained;
-    if (rebuild.phase !== 'draining' || settled || Date.now() >= deadline || batches + 1 >= maxBatches) {
-      return { phase: rebuild.phase, skipsDrained: rebuild.skips_drained, skipsPending: await countSkips(db, rebuild) };
+    const { phase, drained, skipsDrained, version } =
+      definition.sqlApply && !breakages.skipDeleteByRange
+        ? await drainBatchCall(db, lease, batchSize, options.hooks)
+        : await db.transaction(async (tx) => {
+            const row = await beginStep(tx, lease);
+            if (row.phase !== 'draining') return { phase: row.phase, drained: 0, skipsDrained: row.skips_drained, version: row.version };
+            const n = await drainBatch(tx, definition, row, batchSize, options.hooks, 'drain');
+            await tx.query('update rebuilds set skips_drained = skips_drained + $2, updated_at = now() where rebuild_id = $1::uuid', [
+              lease.rebuildId,
+              n,
+            ]);
+            return { phase: row.phase, drained: n, skipsDrained: row.skips_drained + n, version: row.version };
+          });
+    // Three short batches in a row none smaller than the smallest yet: appends arrive as fast as a
+    // batch drains them, so going on would not leave Flip less. (One batch was too few: batch times
+    // vary on a busy machine, and a single larger batch after a smaller one ended the drain with
+    // hundreds of skip rows left, a 70 ms flip in the bench.)
+    stalled = drained < batchSize && drained >= best ? stalled + 1 : 0;
+    best = Math.min(best, drained);
+    const settled = drained <= flipBacklog || stalled >= 3;
+    if (phase !== 'draining' || settled || Date.now() >= deadline || batches + 1 >= maxBatches) {
+      return { phase, skipsDrained, skipsPending: await countSkips(db, { projection: definition.name, version }) };
     }
   }
 }
 
-/** One batch of skip rows, oldest position first; returns how many were applied. */
+/**
+ * A drain batch of a projection that applies in SQL: one call of `ledgerline_rebuild_drain_batch`
+ * (migration 007), its own transaction: the fencing check, then `ledgerline_drain_batch`, which
+ * reads the oldest `batchSize` skip rows' events into one array, gives it to the version's
+ * `<table>_apply` and deletes the skip rows of exactly those positions, and the rebuild's count.
+ * One round trip per batch instead of four: the sooner a batch is done, the fewer skip rows
+ * arrive during it, and the fewer drain leaves for Flip to apply under its lock. With
+ * fault-injection hooks (tests) it runs inside a transaction, the hook after the call and before
+ * the commit, so that a crash there rolls the batch back.
+ *
+ * Why the deletion is safe: the array is read once and both the apply and the deletion take it,
+ * so a skip row that commits while the statement runs is neither applied nor deleted (it is not in
+ * the statement's snapshot) and the next batch takes it. `breakages.skipDeleteByRange` runs the
+ * two-statement batch below instead, whose range delete races a late-committing append (in one
+ * statement the range would see the same snapshot as the read, so there would be no race to show).
+ */
+async function drainBatchCall(
+  db: Db,
+  lease: RebuildLease,
+  batchSize: number,
+  hooks: RebuildHooks | undefined,
+): Promise<{ phase: RebuildRow['phase']; drained: number; skipsDrained: number; version: number }> {
+  const call = async (q: Db | Tx) => {
+    const [row] = await q.query<{ r: { phase: RebuildRow['phase']; drained: number; skipsDrained: number; version: number } }>(
+      `select ledgerline_rebuild_drain_batch(${FENCED_CALL_ARGS}, $7::integer) as r`,
+      [...fencedCallParams(lease, 0), batchSize],
+    );
+    return row!.r;
+  };
+  const hook = hooks?.insideBatch;
+  return fencedCall(lease, () =>
+    hook
+      ? db.transaction(async (tx) => {
+          const r = await call(tx);
+          await hook('drain', tx, r.drained);
+          return r;
+        })
+      : call(db),
+  );
+}
+
+/**
+ * One batch of skip rows, oldest position first, read into the worker and applied there; returns
+ * how many were applied. A JS projection's drain and flip; a `sqlApply` projection's only under the
+ * range-delete breakage (drainBatchCall says why).
+ */
 export async function drainBatch(
   tx: Tx,
   definition: ProjectionDefinition,
@@ -76,11 +130,6 @@ export async function drainBatch(
   hooks: RebuildHooks | undefined,
   step: 'drain' | 'flip',
 ): Promise<number> {
-  if (definition.sqlApply && !breakages.skipDeleteByRange) {
-    const n = await drainBatchInSql(tx, definition, rebuild, batchSize);
-    await hooks?.insideBatch?.(step, tx, n);
-    return n;
-  }
   const rows = await tx.query<StoredEventRow>(
     `select ${eventColumns('e')}
        from projection_skips s
@@ -94,29 +143,6 @@ export async function drainBatch(
   await hooks?.insideBatch?.(step, tx, events.length);
   await applyBatch(tx, definition, rebuild, events);
   return events.length;
-}
-
-/**
- * A drain batch of a projection that applies in SQL, as one statement (as replay's batches are):
- * `ledgerline_drain_batch` (migration 007, where its statement is) reads the oldest `batchSize` skip
- * rows' events into one array, gives it to the version's `<table>_apply`, and deletes the skip rows
- * of exactly those positions; only the count comes back. Flip runs the same function under the
- * exclusive lock, where every round trip is time that all writers of the projection queue for:
- * read into the client, applied by position and then deleted, the same batch took three.
- *
- * Why the deletion is safe: the array is read once and both the apply and the deletion take it,
- * so a skip row that commits while the statement runs is neither applied nor deleted (it is not in
- * the statement's snapshot) and the next batch takes it. `breakages.skipDeleteByRange` runs the
- * two-statement batch below instead, whose range delete races a late-committing append (in one
- * statement the range would see the same snapshot as the read, so there would be no race to show).
- */
-async function drainBatchInSql(tx: Tx, definition: ProjectionDefinition, rebuild: RebuildRow, batchSize: number): Promise<number> {
-  const [row] = await tx.query<{ size: number }>('select ledgerline_drain_batch($1::text, $2::integer, $3::integer) as size', [
-    definition.name,
-    rebuild.version,
-    batchSize,
-  ]);
-  return row?.size ?? 0;
 }
 
 export async function countSkips(db: Db | Tx, rebuild: Pick<RebuildRow, 'projection' | 'version'>): Promise<number> {

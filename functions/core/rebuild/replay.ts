@@ -130,8 +130,11 @@ async function replayBatchInSql(
   // with skip rows piling up, ran one batch statement into its 120 s timeout; found by the bench).
   const skipped = breakages.skipDeleteByRange
     ? 's.global_position <= (select max(p) from positions, unnest(positions.list) as p)'
-    : // The cast makes the subquery a scalar array for `= any`, not a subquery ANY over rows of arrays.
-      's.global_position = any ((select list from positions)::bigint[])';
+    : // The batch's range is the index condition and `= any` keeps exactly its positions (without
+      // the range every skip row of the version was scanned and filtered by the array, and appends
+      // write skip rows all through a replay). The cast makes the subquery a scalar array for
+      // `= any`, not a subquery ANY over rows of arrays.
+      's.global_position > $1 and s.global_position <= (select upto from cut) and s.global_position = any ((select list from positions)::bigint[])';
   const [row] = await tx.query<{ size: number; last: number | null; more: boolean }>(
     `with head as materialized (
        -- The batch before the byte cut: its count, last position and bytes (data and metadata as
