@@ -11,38 +11,35 @@
 -- The breakages of the fault-injection tests are parameters, as ledgerline_append's are, so that
 -- the tests run this code with one protection switched off.
 --
--- ledgerline_rebuild_begin: what every step sends first (lease.ts, beginStep): transaction-local
--- limits, then the fencing check, a conditional UPDATE of the rebuild row on (owner, token) that
+-- ledgerline_rebuild_begin: what every step sends first (lease.ts, beginStep), given the lease as
+-- {rebuildId, owner, token, leaseMs, lockTimeout, plainSelect} (lease.ts, fencedCallParams):
+-- transaction-local limits, then the fencing check, a conditional UPDATE of the rebuild row on (owner, token) that
 -- extends the lease and holds the row lock to commit. A lost lease raises SQLSTATE LLF01 (the client
--- reports FencingTokenLostError). p_plain_select: the breakage, a plain SELECT that holds nothing.
+-- reports FencingTokenLostError). plainSelect: the breakage, a plain SELECT that holds nothing.
 -- statement_timeout set here bounds the caller's later statements, not this call (a call made
 -- alone is bounded by lock_timeout while it waits and by the session's statement_timeout).
-create function ledgerline_rebuild_begin(
-  p_rebuild_id   uuid,
-  p_owner        text,
-  p_token        bigint,
-  p_lease_ms     double precision,
-  p_lock_timeout text,
-  p_plain_select boolean
-) returns rebuilds
+create function ledgerline_rebuild_begin(p_lease jsonb) returns rebuilds
 language plpgsql volatile as $$
 declare
   v rebuilds;
 begin
   perform set_config('idle_in_transaction_session_timeout', '10000', true),
           set_config('statement_timeout', '120000', true),
-          set_config('lock_timeout', p_lock_timeout, true),
+          set_config('lock_timeout', p_lease->>'lockTimeout', true),
           set_config('work_mem', '64MB', true);
-  if p_plain_select then
-    select * into v from rebuilds where rebuild_id = p_rebuild_id and lease_owner = p_owner and fencing_token = p_token;
+  if (p_lease->>'plainSelect')::boolean then
+    select * into v from rebuilds
+     where rebuild_id = (p_lease->>'rebuildId')::uuid and lease_owner = p_lease->>'owner'
+       and fencing_token = (p_lease->>'token')::bigint;
   else
     update rebuilds
-       set lease_expires_at = now() + make_interval(secs => p_lease_ms / 1000), updated_at = now()
-     where rebuild_id = p_rebuild_id and lease_owner = p_owner and fencing_token = p_token
+       set lease_expires_at = now() + make_interval(secs => (p_lease->>'leaseMs')::double precision / 1000), updated_at = now()
+     where rebuild_id = (p_lease->>'rebuildId')::uuid and lease_owner = p_lease->>'owner'
+       and fencing_token = (p_lease->>'token')::bigint
     returning * into v;
   end if;
   if v.rebuild_id is null then
-    raise exception 'rebuild % is no longer held by this worker', p_rebuild_id using errcode = 'LLF01';
+    raise exception 'rebuild % is no longer held by this worker', p_lease->>'rebuildId' using errcode = 'LLF01';
   end if;
   return v;
 end
@@ -100,47 +97,37 @@ $$;
 -- batch runs, so the shorter a batch, the less it leaves for Flip to apply under its lock. Returns
 -- {phase, drained, skipsDrained, version}.
 create function ledgerline_rebuild_drain_batch(
-  p_rebuild_id   uuid,
-  p_owner        text,
-  p_token        bigint,
-  p_lease_ms     double precision,
-  p_lock_timeout text,
-  p_plain_select boolean,
+  p_lease        jsonb,
   p_batch        integer
 ) returns jsonb
 language plpgsql volatile as $$
 declare
-  v   rebuilds := ledgerline_rebuild_begin(p_rebuild_id, p_owner, p_token, p_lease_ms, p_lock_timeout, p_plain_select);
+  v   rebuilds := ledgerline_rebuild_begin(p_lease);
   v_n integer := 0;
 begin
   if v.phase = 'draining' then
     v_n := ledgerline_drain_batch(v.projection, v.version, p_batch);
-    update rebuilds set skips_drained = skips_drained + v_n, updated_at = now() where rebuild_id = p_rebuild_id;
+    update rebuilds set skips_drained = skips_drained + v_n, updated_at = now() where rebuild_id = v.rebuild_id;
   end if;
   return jsonb_build_object('phase', v.phase, 'drained', v_n, 'skipsDrained', v.skips_drained + v_n, 'version', v.version);
 end
 $$;
 
 -- ledgerline_rebuild_start: Start's locked part (start.ts says why it is safe). After the fencing
--- check, and only in phase `starting`: the exclusive lock (under p_lock_timeout: a timeout raises
+-- check, and only in phase `starting`: the exclusive lock (under the lease's lockTimeout: a timeout raises
 -- 55P03 and the caller retries with a longer one), then, each statement with a snapshot taken after
 -- the lock was granted (a VOLATILE function takes one per statement): the version marked
 -- `rebuilding`, its tables (p_tables, the definition's; names checked by the caller) truncated, its
 -- skip rows deleted, the replay target recorded. Returns the phase: `replaying` when it started the
 -- rebuild now, else the phase it found (nothing done).
 create function ledgerline_rebuild_start(
-  p_rebuild_id   uuid,
-  p_owner        text,
-  p_token        bigint,
-  p_lease_ms     double precision,
-  p_lock_timeout text,
-  p_plain_select boolean,
+  p_lease        jsonb,
   p_kind         text,
   p_tables       text[]
 ) returns text
 language plpgsql volatile as $$
 declare
-  v rebuilds := ledgerline_rebuild_begin(p_rebuild_id, p_owner, p_token, p_lease_ms, p_lock_timeout, p_plain_select);
+  v rebuilds := ledgerline_rebuild_begin(p_lease);
 begin
   if v.phase <> 'starting' then
     return v.phase;
@@ -156,7 +143,7 @@ begin
   update rebuilds
      set phase = 'replaying', checkpoint = 0, events_replayed = 0, skips_drained = 0, updated_at = now(),
          target_position = (select coalesce(max(global_position), 0) from events)
-   where rebuild_id = p_rebuild_id;
+   where rebuild_id = v.rebuild_id;
   return 'replaying';
 end
 $$;
@@ -168,18 +155,13 @@ $$;
 -- shared lock), the version `live` (an inline one's checkpoint = the replay target), the previous
 -- one `retired` (blue-green), the rebuild `done` and its lease ended. Returns {phase, drained}.
 create function ledgerline_rebuild_flip(
-  p_rebuild_id   uuid,
-  p_owner        text,
-  p_token        bigint,
-  p_lease_ms     double precision,
-  p_lock_timeout text,
-  p_plain_select boolean,
+  p_lease        jsonb,
   p_without_lock boolean,
   p_batch        integer
 ) returns jsonb
 language plpgsql volatile as $$
 declare
-  v       rebuilds := ledgerline_rebuild_begin(p_rebuild_id, p_owner, p_token, p_lease_ms, p_lock_timeout, p_plain_select);
+  v       rebuilds := ledgerline_rebuild_begin(p_lease);
   v_n     integer;
   v_total integer := 0;
 begin
@@ -205,7 +187,7 @@ begin
   update rebuilds
      set phase = 'done', skips_drained = skips_drained + v_total, finished_at = now(), updated_at = now(),
          lease_owner = null, lease_expires_at = null
-   where rebuild_id = p_rebuild_id;
+   where rebuild_id = v.rebuild_id;
   return jsonb_build_object('phase', 'done', 'drained', v_total);
 end
 $$;

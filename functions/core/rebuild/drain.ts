@@ -4,7 +4,7 @@ import { breakages } from '../breakages.ts';
 import type { ProjectionDefinition } from '../projections/definition.ts';
 import { applyBatch } from './apply-batch.ts';
 import { catchUpAsync } from './async-catch-up.ts';
-import { beginStep, FENCED_CALL_ARGS, fencedCall, fencedCallParams } from './lease.ts';
+import { beginStep, leaseParam, stepCall } from './lease.ts';
 import type { BudgetOptions } from './replay.ts';
 import type { RebuildHooks, RebuildLease, RebuildRow } from './types.ts';
 
@@ -82,9 +82,8 @@ export async function drain(db: Db, definition: ProjectionDefinition, lease: Reb
  * reads the oldest `batchSize` skip rows' events into one array, gives it to the version's
  * `<table>_apply` and deletes the skip rows of exactly those positions, and the rebuild's count.
  * One round trip per batch instead of four: the sooner a batch is done, the fewer skip rows
- * arrive during it, and the fewer drain leaves for Flip to apply under its lock. With
- * fault-injection hooks (tests) it runs inside a transaction, the hook after the call and before
- * the commit, so that a crash there rolls the batch back.
+ * arrive during it, and the fewer drain leaves for Flip to apply under its lock (stepCall: with
+ * test hooks, inside a transaction).
  *
  * Why the deletion is safe: the array is read once and both the apply and the deletion take it,
  * so a skip row that commits while the statement runs is neither applied nor deleted (it is not in
@@ -98,23 +97,15 @@ async function drainBatchCall(
   batchSize: number,
   hooks: RebuildHooks | undefined,
 ): Promise<{ phase: RebuildRow['phase']; drained: number; skipsDrained: number; version: number }> {
+  type Result = { phase: RebuildRow['phase']; drained: number; skipsDrained: number; version: number };
   const call = async (q: Db | Tx) => {
-    const [row] = await q.query<{ r: { phase: RebuildRow['phase']; drained: number; skipsDrained: number; version: number } }>(
-      `select ledgerline_rebuild_drain_batch(${FENCED_CALL_ARGS}, $7::integer) as r`,
-      [...fencedCallParams(lease, 0), batchSize],
-    );
+    const [row] = await q.query<{ r: Result }>('select ledgerline_rebuild_drain_batch($1::jsonb, $2::integer) as r', [
+      leaseParam(lease, 0),
+      batchSize,
+    ]);
     return row!.r;
   };
-  const hook = hooks?.insideBatch;
-  return fencedCall(lease, () =>
-    hook
-      ? db.transaction(async (tx) => {
-          const r = await call(tx);
-          await hook('drain', tx, r.drained);
-          return r;
-        })
-      : call(db),
-  );
+  return stepCall(db, lease, 'drain', hooks, call, (r) => r.drained);
 }
 
 /**

@@ -3,7 +3,7 @@ import { breakages } from '../breakages.ts';
 import { isSqlState } from '../errors.ts';
 import { lockProjectionExclusive, type ProjectionDefinition } from '../projections/definition.ts';
 import { drainBatch } from './drain.ts';
-import { beginStep, FENCED_CALL_ARGS, fencedCall, fencedCallParams } from './lease.ts';
+import { beginStep, leaseParam, stepCall } from './lease.ts';
 import type { RebuildHooks, RebuildLease, RebuildRow } from './types.ts';
 
 export interface FlipResult {
@@ -88,9 +88,8 @@ export async function flipRebuild(
  * last skip rows (ledgerline_drain_batch until a batch comes back short), the closing updates. Made
  * on the Db, the call is its own transaction: the lock is held for the server's work alone, the
  * commit included, where the client-driven flip held it across three round trips (the lock with
- * the first drain, the updates, COMMIT). With fault-injection hooks (tests) it runs inside a
- * transaction instead, and the hook runs after the call and before the commit, so that a crash
- * there rolls the whole flip back. `breakages.flipWithoutLock` is a parameter of the call.
+ * the first drain, the updates, COMMIT); with test hooks, inside a transaction (stepCall).
+ * `breakages.flipWithoutLock` is a parameter of the call.
  */
 async function flipInSql(
   db: Db,
@@ -100,22 +99,13 @@ async function flipInSql(
 ): Promise<FlipResult> {
   const call = async (q: Db | Tx) => {
     const [row] = await q.query<{ r: { phase: RebuildRow['phase']; drained: number } }>(
-      `select ledgerline_rebuild_flip(${FENCED_CALL_ARGS}, $7::boolean, $8::integer) as r`,
-      [...fencedCallParams(lease, options.lockTimeoutMs ?? 100), breakages.flipWithoutLock, batchSize],
+      'select ledgerline_rebuild_flip($1::jsonb, $2::boolean, $3::integer) as r',
+      [leaseParam(lease, options.lockTimeoutMs ?? 100), breakages.flipWithoutLock, batchSize],
     );
     return row!.r;
   };
-  const hook = options.hooks?.insideBatch;
   try {
-    const r = await fencedCall(lease, () =>
-      hook
-        ? db.transaction(async (tx) => {
-            const result = await call(tx);
-            await hook('flip', tx, result.drained);
-            return result;
-          })
-        : call(db),
-    );
+    const r = await stepCall(db, lease, 'flip', options.hooks, call, (result) => result.drained);
     return { flipped: r.phase === 'done', phase: r.phase, skipsDrained: r.drained };
   } catch (error) {
     if (isSqlState(error, '55P03')) return { flipped: false, phase: 'draining', skipsDrained: 0 };

@@ -2,7 +2,7 @@ import { inOrder, type Db, type Tx } from '../../db/types.ts';
 import { breakages } from '../breakages.ts';
 import { isSqlState } from '../errors.ts';
 import { FencingTokenLostError } from './errors.ts';
-import type { RebuildLease, RebuildRow } from './types.ts';
+import type { RebuildHooks, RebuildLease, RebuildRow } from './types.ts';
 
 export const REBUILD_COLUMNS = `rebuild_id::text, projection, version, previous_version, mode, phase, target_position,
   checkpoint, events_replayed, skips_drained, lease_owner, fencing_token, attempts, error,
@@ -74,18 +74,23 @@ export async function beginStep(tx: Tx, lease: RebuildLease, lockTimeoutMs?: num
 }
 
 /**
- * The fencing check and limits of a step run as one server-side call (migration 007:
- * `ledgerline_rebuild_start`, `ledgerline_rebuild_flip`, which begin with
- * `ledgerline_rebuild_begin`, the SQL form of beginStep): the parameters every such call takes
- * first, and the error it raises for a lost lease (SQLSTATE LLF01), reported as
- * FencingTokenLostError.
+ * The first parameter of a step run as one server-side call (migration 007:
+ * `ledgerline_rebuild_start`, `_drain_batch`, `_flip`, which begin with `ledgerline_rebuild_begin`,
+ * the SQL form of beginStep): the lease, the lock_timeout and the fencing breakage, as one JSON
+ * value (`$1::jsonb`).
  */
-export function fencedCallParams(lease: RebuildLease, lockTimeoutMs: number): unknown[] {
-  return [lease.rebuildId, lease.owner, lease.fencingToken, lease.leaseMs, String(lockTimeoutMs), breakages.fencingPlainSelect];
+export function leaseParam(lease: RebuildLease, lockTimeoutMs: number): string {
+  return JSON.stringify({
+    rebuildId: lease.rebuildId,
+    owner: lease.owner,
+    token: lease.fencingToken,
+    leaseMs: lease.leaseMs,
+    lockTimeout: String(lockTimeoutMs),
+    plainSelect: breakages.fencingPlainSelect,
+  });
 }
 
-export const FENCED_CALL_ARGS = '$1::uuid, $2::text, $3::bigint, $4::double precision, $5::text, $6::boolean';
-
+/** A lost lease raised by such a call (SQLSTATE LLF01) is FencingTokenLostError. */
 export async function fencedCall<T>(lease: RebuildLease, call: () => Promise<T>): Promise<T> {
   try {
     return await call();
@@ -93,6 +98,32 @@ export async function fencedCall<T>(lease: RebuildLease, call: () => Promise<T>)
     if (isSqlState(error, 'LLF01')) throw new FencingTokenLostError(lease.rebuildId);
     throw error;
   }
+}
+
+/**
+ * Runs such a call on the Db, as its own transaction, so that a lock it takes is held for the
+ * server's work alone, the commit included. With a fault-injection hook (tests) it runs inside a
+ * transaction instead, the hook after the call and before the commit, so that a crash there rolls
+ * the call back.
+ */
+export function stepCall<R>(
+  db: Db,
+  lease: RebuildLease,
+  step: 'drain' | 'flip',
+  hooks: RebuildHooks | undefined,
+  call: (q: Db | Tx) => Promise<R>,
+  size: (result: R) => number,
+): Promise<R> {
+  const hook = hooks?.insideBatch;
+  return fencedCall(lease, () =>
+    hook
+      ? db.transaction(async (tx) => {
+          const result = await call(tx);
+          await hook(step, tx, size(result));
+          return result;
+        })
+      : call(db),
+  );
 }
 
 /** The rebuild row as every step reports it. */

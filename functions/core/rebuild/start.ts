@@ -2,7 +2,7 @@ import type { Db, Tx } from '../../db/types.ts';
 import { isSqlState } from '../errors.ts';
 import { tableFor, type ProjectionDefinition } from '../projections/definition.ts';
 import { ident } from '../sql-ident.ts';
-import { beginStep, FENCED_CALL_ARGS, fencedCall, fencedCallParams, readRebuild } from './lease.ts';
+import { beginStep, fencedCall, leaseParam, readRebuild } from './lease.ts';
 import type { RebuildLease, RebuildRow } from './types.ts';
 
 export interface LockRetryOptions {
@@ -66,8 +66,8 @@ export async function startRebuild(
     fencedCall(lease, async () => {
       const call = (q: Db | Tx) =>
         q.query<{ phase: RebuildRow['phase'] }>(
-          `select ledgerline_rebuild_start(${FENCED_CALL_ARGS}, $7::text, array(select jsonb_array_elements_text($8::jsonb))) as phase`,
-          [...fencedCallParams(lease, lockTimeoutMs), definition.kind, tables],
+          'select ledgerline_rebuild_start($1::jsonb, $2::text, array(select jsonb_array_elements_text($3::jsonb))) as phase',
+          [leaseParam(lease, lockTimeoutMs), definition.kind, tables],
         );
       if (prepared.mode === 'blue-green') {
         await call(db);
