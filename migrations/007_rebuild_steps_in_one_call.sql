@@ -77,7 +77,8 @@ begin
          -- The batch's range is the index condition, and "= any" keeps exactly its positions.
          -- Without the range PostgreSQL scanned every skip row of the version and filtered by the
          -- array: the rows of earlier batches too, dead but not yet vacuumed (the bench's drains
-         -- and flips slowed to about 0.2 ms per skip row, 60 ms for a flip of 250).
+         -- and flips slowed to about 0.2 ms per skip row, 60 ms for a flip of 250, in throwaway
+         -- timings inside the flip-stall scenario).
          and s.global_position between (select lo from positions) and (select hi from positions)
          -- The cast makes the subquery a scalar array for "= any", not an ANY over rows of arrays.
          and s.global_position = any ((select list from positions)::bigint[])

@@ -27,7 +27,8 @@ export interface DrainOptions extends BudgetOptions {
    * stopped shrinking: appends arrive as fast as a batch drains them), or when the budget is spent. Flip applies what is left
    * while every writer of the projection waits on its lock, so this is what bounds the flip stall:
    * stopping at the first short batch, as drain did, left the skip rows of one whole batch's
-   * duration (300–600 under the bench's 32 writers, about 40 ms of the lock).
+   * duration (300–600 rows under the bench's 32 writers, about 40 ms of the lock, in throwaway
+   * timings of the flip-stall scenario).
    */
   flipBacklog?: number;
 }
@@ -66,7 +67,7 @@ export async function drain(db: Db, definition: ProjectionDefinition, lease: Reb
     // Three short batches in a row none smaller than the smallest yet: appends arrive as fast as a
     // batch drains them, so going on would not leave Flip less. (One batch was too few: batch times
     // vary on a busy machine, and a single larger batch after a smaller one ended the drain with
-    // hundreds of skip rows left, a 70 ms flip in the bench.)
+    // hundreds of skip rows left: a 70 ms flip in a throwaway timing of the flip-stall scenario.)
     stalled = drained < batchSize && drained >= best ? stalled + 1 : 0;
     best = Math.min(best, drained);
     const settled = drained <= flipBacklog || stalled >= 3;
