@@ -68,12 +68,21 @@ export function tableFor(name: string, version: number): string {
   return table;
 }
 
+/** Every table a version owns (`tables`, default just `<name>_v<N>`), each name checked. */
+export function tablesOf(definition: ProjectionDefinition, version: number): string[] {
+  const table = tableFor(definition.name, version);
+  const tables = definition.tables?.(table) ?? [table];
+  tables.forEach(ident); // throws on a name that is not a safe identifier
+  return tables;
+}
+
 /** Truncates (in-place rebuild) or drops (release, cancel) every table of a version. */
 export async function clearTables(tx: Tx, definition: ProjectionDefinition, version: number, how: 'truncate' | 'drop'): Promise<void> {
-  const table = tableFor(definition.name, version);
-  const tables = (definition.tables?.(table) ?? [table]).map(ident).join(', ');
+  const tables = tablesOf(definition, version).map(ident).join(', ');
   await tx.query(how === 'truncate' ? `truncate ${tables}` : `drop table if exists ${tables}`);
-  if (how === 'drop' && definition.sqlApply) await tx.query(`drop function if exists ${ident(applyFunctionFor(table))}(events[])`);
+  if (how === 'drop' && definition.sqlApply) {
+    await tx.query(`drop function if exists ${ident(applyFunctionFor(tableFor(definition.name, version)))}(events[])`);
+  }
 }
 
 export function handles(definition: ProjectionDefinition, type: string): boolean {

@@ -1,7 +1,6 @@
 import type { Db, Tx } from '../../db/types.ts';
 import { isSqlState } from '../errors.ts';
-import { tableFor, type ProjectionDefinition } from '../projections/definition.ts';
-import { ident } from '../sql-ident.ts';
+import { tableFor, tablesOf, type ProjectionDefinition } from '../projections/definition.ts';
 import { beginStep, fencedCall, leaseParam, readRebuild } from './lease.ts';
 import type { RebuildLease, RebuildRow } from './types.ts';
 
@@ -54,7 +53,7 @@ export async function startRebuild(
   });
   if (prepared.phase !== 'starting') return prepared;
   const table = tableFor(definition.name, prepared.version);
-  const tables = JSON.stringify((definition.tables?.(table) ?? [table]).map((t) => (ident(t), t)));
+  const tables = JSON.stringify(tablesOf(definition, prepared.version));
   // The locked part is one call of `ledgerline_rebuild_start` (migration 007): the fencing check,
   // then, in phase `starting` only, the lock and, each with a snapshot taken after the lock was
   // granted (so they see every append that held the shared lock), the version marked `rebuilding`,
