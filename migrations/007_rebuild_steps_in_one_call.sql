@@ -11,22 +11,33 @@
 -- The breakages of the fault-injection tests are parameters, as ledgerline_append's are, so that
 -- the tests run this code with one protection switched off.
 --
--- ledgerline_rebuild_begin: what every step sends first (lease.ts, beginStep), given the lease as
--- {rebuildId, owner, token, leaseMs, lockTimeout, plainSelect} (lease.ts, fencedCallParams):
--- transaction-local limits, then the fencing check, a conditional UPDATE of the rebuild row on (owner, token) that
--- extends the lease and holds the row lock to commit. A lost lease raises SQLSTATE LLF01 (the client
--- reports FencingTokenLostError). plainSelect: the breakage, a plain SELECT that holds nothing.
--- statement_timeout set here bounds the caller's later statements, not this call (a call made
--- alone is bounded by lock_timeout while it waits and by the session's statement_timeout).
-create function ledgerline_rebuild_begin(p_lease jsonb) returns rebuilds
+-- The one definition of what every rebuild step runs first (lease.ts: beginStep sends the two as
+-- statements of its own; a step made as one call begins with ledgerline_rebuild_begin, both).
+--
+-- ledgerline_rebuild_limits: the step's transaction-local limits and planner settings (lease.ts,
+-- setRebuildTimeouts, says why each). A setting made here holds for the caller's later statements
+-- too, but statement_timeout bounds only statements that start after it.
+create function ledgerline_rebuild_limits(p_lock_timeout text) returns void
+language plpgsql volatile as $$
+begin
+  perform set_config('idle_in_transaction_session_timeout', '10000', true),
+          set_config('statement_timeout', '120000', true),
+          set_config('lock_timeout', p_lock_timeout, true),
+          set_config('plan_cache_mode', 'force_custom_plan', true),
+          set_config('work_mem', '64MB', true);
+end
+$$;
+
+-- ledgerline_rebuild_fence: the fencing check (lease.ts, fence, says why it is safe), given the
+-- lease as {rebuildId, owner, token, leaseMs, lockTimeout, plainSelect} (lease.ts, leaseParam): a
+-- conditional UPDATE of the rebuild row on (owner, token) that extends the lease and holds the row
+-- lock to commit. A lost lease raises SQLSTATE LLF01 (the client reports FencingTokenLostError).
+-- plainSelect: the breakage, a plain SELECT that holds nothing.
+create function ledgerline_rebuild_fence(p_lease jsonb) returns rebuilds
 language plpgsql volatile as $$
 declare
   v rebuilds;
 begin
-  perform set_config('idle_in_transaction_session_timeout', '10000', true),
-          set_config('statement_timeout', '120000', true),
-          set_config('lock_timeout', p_lease->>'lockTimeout', true),
-          set_config('work_mem', '64MB', true);
   if (p_lease->>'plainSelect')::boolean then
     select * into v from rebuilds
      where rebuild_id = (p_lease->>'rebuildId')::uuid and lease_owner = p_lease->>'owner'
@@ -42,6 +53,16 @@ begin
     raise exception 'rebuild % is no longer held by this worker', p_lease->>'rebuildId' using errcode = 'LLF01';
   end if;
   return v;
+end
+$$;
+
+-- ledgerline_rebuild_begin: both, for a step made as one call (a call made alone is bounded by
+-- lock_timeout while it waits and by the session's statement_timeout).
+create function ledgerline_rebuild_begin(p_lease jsonb) returns rebuilds
+language plpgsql volatile as $$
+begin
+  perform ledgerline_rebuild_limits(p_lease->>'lockTimeout');
+  return ledgerline_rebuild_fence(p_lease);
 end
 $$;
 

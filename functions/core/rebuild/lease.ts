@@ -22,23 +22,12 @@ export const REBUILD_COLUMNS = `rebuild_id::text, projection, version, previous_
  *   events twice. `breakages.fencingPlainSelect` restores that bug for the tests.
  */
 export async function fence(tx: Tx, lease: RebuildLease): Promise<RebuildRow> {
-  if (breakages.fencingPlainSelect) {
-    const [row] = await tx.query<RebuildRow>(
-      `select ${REBUILD_COLUMNS} from rebuilds where rebuild_id = $1::uuid and lease_owner = $2 and fencing_token = $3`,
-      [lease.rebuildId, lease.owner, lease.fencingToken],
-    );
-    if (!row) throw new FencingTokenLostError(lease.rebuildId);
-    return row;
-  }
-  const [row] = await tx.query<RebuildRow>(
-    `update rebuilds
-        set lease_expires_at = now() + make_interval(secs => $4::double precision / 1000), updated_at = now()
-      where rebuild_id = $1::uuid and lease_owner = $2 and fencing_token = $3
-      returning ${REBUILD_COLUMNS}`,
-    [lease.rebuildId, lease.owner, lease.fencingToken, lease.leaseMs],
-  );
-  if (!row) throw new FencingTokenLostError(lease.rebuildId);
-  return row;
+  // The check itself is ledgerline_rebuild_fence (migration 007), which the steps made as one
+  // server-side call run too; `breakages.fencingPlainSelect` travels in the lease parameter.
+  return fencedCall(lease, async () => {
+    const [row] = await tx.query<RebuildRow>(`select ${REBUILD_COLUMNS} from ledgerline_rebuild_fence($1::jsonb)`, [leaseParam(lease, 0)]);
+    return row!;
+  });
 }
 
 /**
@@ -50,18 +39,12 @@ export async function fence(tx: Tx, lease: RebuildLease): Promise<RebuildRow> {
  * from 20,000 to 1,500 events/s, 1.35 s per 5,000-event batch). Planning each batch costs about a
  * millisecond. `work_mem` 64 MB: a replay batch of a projection applied in SQL sorts its events in
  * memory (20,000 events of the bench's log took about 7 MB; the default 4 MB spilled to disk).
- * Set here, for the step's transaction only, rather than on the apply function, which every
- * append calls too.
+ * Set for the step's transaction only, rather than on the apply function, which every append
+ * calls too.
  */
 export async function setRebuildTimeouts(tx: Tx, lockTimeoutMs?: number): Promise<void> {
-  await tx.query(
-    `select set_config('idle_in_transaction_session_timeout', $1, true),
-            set_config('statement_timeout', $2, true),
-            set_config('lock_timeout', $3, true),
-            set_config('plan_cache_mode', 'force_custom_plan', true),
-            set_config('work_mem', '64MB', true)`,
-    ['10000', '120000', String(lockTimeoutMs ?? 0)],
-  );
+  // Made by ledgerline_rebuild_limits (migration 007), which the one-call steps run too.
+  await tx.query('select ledgerline_rebuild_limits($1::text)', [String(lockTimeoutMs ?? 0)]);
 }
 
 /**
@@ -74,10 +57,10 @@ export async function beginStep(tx: Tx, lease: RebuildLease, lockTimeoutMs?: num
 }
 
 /**
- * The first parameter of a step run as one server-side call (migration 007:
- * `ledgerline_rebuild_start`, `_drain_batch`, `_flip`, which begin with `ledgerline_rebuild_begin`,
- * the SQL form of beginStep): the lease, the lock_timeout and the fencing breakage, as one JSON
- * value (`$1::jsonb`).
+ * The lease parameter of the fencing check (`ledgerline_rebuild_fence`) and of the steps made as
+ * one server-side call (migration 007: `ledgerline_rebuild_start`, `_drain_batch`, `_flip`, which
+ * begin with `ledgerline_rebuild_begin`, beginStep's two statements in one): the lease, the
+ * lock_timeout and the fencing breakage, as one JSON value (`$1::jsonb`).
  */
 export function leaseParam(lease: RebuildLease, lockTimeoutMs: number): string {
   return JSON.stringify({
