@@ -136,16 +136,19 @@ async function replayBatchInSql(
       // `= any`, not a subquery ANY over rows of arrays.
       's.global_position > $1 and s.global_position <= (select upto from cut) and s.global_position = any ((select list from positions)::bigint[])';
   const [row] = await tx.query<{ size: number; last: number | null; more: boolean }>(
-    `with head as materialized (
-       -- The batch before the byte cut: its count, last position and bytes (data and metadata as
-       -- stored, plus the row's other columns), in a narrow pass that builds no rows.
-       select count(*) as n, max(x.gp) as last, coalesce(sum(x.bytes), 0) as bytes
-         from (select e.global_position as gp, pg_column_size(e.data) + pg_column_size(e.metadata) + 200 as bytes
-                 from events as e
-                where e.global_position > $1 and e.global_position <= $2
-                  and e.type = any (array(select jsonb_array_elements_text($3::jsonb)))
-                order by e.global_position
-                limit $4) as x
+    `with src as not materialized (
+       -- The batch before the byte cut, narrow: its positions and bytes (data and metadata as
+       -- stored, plus the row's other columns), no whole rows. Inlined where it is used (NOT
+       -- MATERIALIZED), so the pass in the ELSE below runs only when that branch is taken.
+       select e.global_position as gp, pg_column_size(e.data) + pg_column_size(e.metadata) + 200 as bytes
+         from events as e
+        where e.global_position > $1 and e.global_position <= $2
+          and e.type = any (array(select jsonb_array_elements_text($3::jsonb)))
+        order by e.global_position
+        limit $4
+     ),
+     head as materialized (
+       select count(*) as n, max(gp) as last, coalesce(sum(bytes), 0) as bytes from src
      ),
      cut as materialized (
        -- Under the budget (the usual case) the batch is all of it. Over it, the last event that
@@ -154,14 +157,7 @@ async function replayBatchInSql(
        -- about a tenth of a replay, a throwaway EXPLAIN ANALYZE of 100,000-event batches).
        select h.n, case when h.bytes < $7 then h.last else (
                 select max(w.gp) filter (where w.before < $7)
-                  from (select e.global_position as gp,
-                               sum(pg_column_size(e.data) + pg_column_size(e.metadata) + 200) over (order by e.global_position)
-                                 - (pg_column_size(e.data) + pg_column_size(e.metadata) + 200) as before
-                          from events as e
-                         where e.global_position > $1 and e.global_position <= $2
-                           and e.type = any (array(select jsonb_array_elements_text($3::jsonb)))
-                         order by e.global_position
-                         limit $4) as w) end as upto
+                  from (select gp, sum(bytes) over (order by gp) - bytes as before from src) as w) end as upto
          from head as h
      ),
      b as materialized (
