@@ -170,6 +170,29 @@ begin
 end
 $$;
 
+-- ledgerline_rebuild_close_flip: Flip's closing updates, once the last skip rows are applied under
+-- the lock (ledgerline_rebuild_flip below; flip.ts calls it too, for a projection applied in JS):
+-- the previous version `retired` (blue-green), the version `live` (an inline one's checkpoint
+-- records the replay target; an async one keeps its own checkpoint and gaps, and its projector
+-- lease is released for the scheduled projector), the rebuild `done` with its lease ended.
+create function ledgerline_rebuild_close_flip(v rebuilds, p_drained integer) returns void
+language plpgsql volatile as $$
+begin
+  if v.mode = 'blue-green' and v.previous_version is not null then
+    update projections set state = 'retired', updated_at = now()
+     where name = v.projection and version = v.previous_version and state = 'live';
+  end if;
+  update projections
+     set state = 'live', updated_at = now(), lease_owner = null, lease_expires_at = null,
+         checkpoint = case when kind = 'inline' then coalesce(v.target_position, 0) else checkpoint end
+   where name = v.projection and version = v.version;
+  update rebuilds
+     set phase = 'done', skips_drained = skips_drained + p_drained, finished_at = now(), updated_at = now(),
+         lease_owner = null, lease_expires_at = null
+   where rebuild_id = v.rebuild_id;
+end
+$$;
+
 -- ledgerline_rebuild_flip: Flip of a projection applied in SQL (flip.ts says why it is safe). After
 -- the fencing check, and only in phase `draining`: the exclusive lock (p_without_lock: the breakage,
 -- none), then the last skip rows in batches of p_batch until one comes back short (each batch's
@@ -198,18 +221,7 @@ begin
     v_total := v_total + v_n;
     exit when v_n < p_batch;
   end loop;
-  if v.mode = 'blue-green' and v.previous_version is not null then
-    update projections set state = 'retired', updated_at = now()
-     where name = v.projection and version = v.previous_version and state = 'live';
-  end if;
-  update projections
-     set state = 'live', updated_at = now(), lease_owner = null, lease_expires_at = null,
-         checkpoint = case when kind = 'inline' then coalesce(v.target_position, 0) else checkpoint end
-   where name = v.projection and version = v.version;
-  update rebuilds
-     set phase = 'done', skips_drained = skips_drained + v_total, finished_at = now(), updated_at = now(),
-         lease_owner = null, lease_expires_at = null
-   where rebuild_id = v.rebuild_id;
+  perform ledgerline_rebuild_close_flip(v, v_total);
   return jsonb_build_object('phase', 'done', 'drained', v_total);
 end
 $$;

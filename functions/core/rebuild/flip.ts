@@ -42,7 +42,7 @@ export async function flipRebuild(
       // From the lock to commit writers queue behind us, so no client round trip is spent that the
       // protocol does not need: the lock is sent together with the first drain read (which runs
       // after the lock is granted, with a snapshot that sees every append that held the shared
-      // lock), and the three closing updates together with each other.
+      // lock), and the closing updates in one call.
       const locked = breakages.flipWithoutLock ? Promise.resolve() : lockProjectionExclusive(tx, definition.name);
       let [, n] = await inOrder([locked, drainBatch(tx, definition, rebuild, batchSize, options.hooks, 'flip')]);
       let drained = n;
@@ -50,29 +50,11 @@ export async function flipRebuild(
         n = await drainBatch(tx, definition, rebuild, batchSize, options.hooks, 'flip');
         drained += n;
       }
-      await inOrder([
-        rebuild.mode === 'blue-green' && rebuild.previous_version !== null
-          ? tx.query(
-              `update projections set state = 'retired', updated_at = now() where name = $1 and version = $2 and state = 'live'`,
-              [definition.name, rebuild.previous_version],
-            )
-          : Promise.resolve([]),
-        // Inline: the checkpoint records the replay target. Async: the version keeps its own
-        // checkpoint and gaps, and its projector lease is released for the scheduled projector.
-        tx.query(
-          `update projections
-              set state = 'live', updated_at = now(), lease_owner = null, lease_expires_at = null,
-                  checkpoint = case when kind = 'inline' then $3 else checkpoint end
-            where name = $1 and version = $2`,
-          [definition.name, rebuild.version, rebuild.target_position ?? 0],
-        ),
-        tx.query(
-          `update rebuilds
-              set phase = 'done', skips_drained = skips_drained + $2, finished_at = now(), updated_at = now(),
-                  lease_owner = null, lease_expires_at = null
-            where rebuild_id = $1::uuid`,
-          [lease.rebuildId, drained],
-        ),
+      // The closing updates: ledgerline_rebuild_close_flip (migration 007), which the flip of a
+      // projection applied in SQL runs too. The rebuild row as it stands (fenced and locked above).
+      await tx.query('select ledgerline_rebuild_close_flip(r, $2::integer) from rebuilds as r where r.rebuild_id = $1::uuid', [
+        lease.rebuildId,
+        drained,
       ]);
       return { flipped: true, phase: 'done', skipsDrained: drained };
     });
