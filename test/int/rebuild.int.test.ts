@@ -244,9 +244,13 @@ describe('rebuild', () => {
     await expectReadModelMatchesLog(db, tableFor('order_summary', rebuild.version));
   });
 
-  it("creates no table for a blue-green Start whose rebuild was cancelled before it ran (Start's DDL is fenced)", async () => {
+  it('refuses a blue-green Start whose rebuild was cancelled before it ran, and creates nothing', async () => {
     const { lease, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'late-start' });
     await cancelRebuild(db, orderSummary, lease.rebuildId);
+    // The refusal is the fencing check of Start's first transaction (the one that creates the
+    // table); without it this Start would return the cancelled row instead of throwing. That the
+    // table is absent follows here from the phase too: the race the fence closes, a Cancel
+    // committing between a plain read and the DDL, is not staged by this test.
     await expect(startRebuild(db, orderSummary, lease)).rejects.toBeInstanceOf(FencingTokenLostError);
     const table = tableFor('order_summary', rebuild.version);
     expect(await db.query('select 1 from pg_class where relname = $1', [table])).toEqual([]);
