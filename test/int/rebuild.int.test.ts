@@ -82,7 +82,35 @@ describe('inline projection', () => {
     }
     expect(await readOrderSummaryRows(db, table)).toEqual(before);
   });
+
+  it('applies through a dispatch that names the version, and by EXECUTE when the dispatch does not name it (migration 008)', async () => {
+    const table = await liveTable();
+    const fn = applyFunctionFor(table);
+    expect(await dispatchBody()).toContain(`${fn}(p_events)`);
+    // A dispatch rewritten while the version's function had another name: it names no version.
+    await db.query(`alter function ${ident(fn)}(events[]) rename to ${ident(`${fn}_aside`)}`);
+    await db.query('select ledgerline_refresh_apply_version()');
+    await db.query(`alter function ${ident(`${fn}_aside`)}(events[]) rename to ${ident(fn)}`);
+    try {
+      expect(await dispatchBody()).not.toContain(`${fn}(p_events)`);
+      const [one] = await seed(1, 1);
+      const [three] = await seed(1, 3);
+      const rows = await readOrderSummaryRows(db, table);
+      expect(rows.find((r) => r.order_id === one)?.events_applied).toBe(1);
+      expect(rows.find((r) => r.order_id === three)?.events_applied).toBe(3);
+    } finally {
+      await db.query('select ledgerline_refresh_apply_version()');
+    }
+    expect(await dispatchBody()).toContain(`${fn}(p_events)`);
+    await expectReadModelMatchesLog(db, table);
+  });
 });
+
+/** The body of the append's dispatch to each version's apply function (migration 008). */
+async function dispatchBody(): Promise<string> {
+  const [row] = await db.query<{ src: string }>(`select prosrc as src from pg_proc where proname = 'ledgerline_apply_version'`);
+  return row!.src;
+}
 
 describe('rebuild', () => {
   it('rebuilds blue-green into a new version, keeps the old one readable until the flip, and drops it after', async () => {
@@ -91,6 +119,8 @@ describe('rebuild', () => {
     const { lease, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'w1', mode: 'blue-green' });
     await startRebuild(db, orderSummary, lease);
     expect(await liveTable()).toBe(before);
+    // Start made the new version's function, and the dispatch names it before it can go live.
+    expect(await dispatchBody()).toContain(`${applyFunctionFor(tableFor('order_summary', rebuild.version))}(p_events)`);
     const replayed = await replay(db, orderSummary, lease, { batchSize: 7 });
     expect(replayed.done).toBe(true);
     const progress = await getRebuildProgress(db, 'order_summary', lease.rebuildId);

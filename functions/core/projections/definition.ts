@@ -43,6 +43,18 @@ export function applyFunctionFor(table: string): string {
 }
 
 /**
+ * `createTable` for a version, and for a `sqlApply` projection the rewrite of the append's dispatch
+ * (`ledgerline_apply_version`, migration 008), so that it names the version's new function in a
+ * static call before the version can go live. A dispatch that misses a version still calls it,
+ * through EXECUTE; the rewrite only saves that. In the caller's transaction: the rewrite commits
+ * with the function it names.
+ */
+export async function createVersionTable(tx: Tx, definition: ProjectionDefinition, table: string): Promise<void> {
+  await definition.createTable(tx, table);
+  if (definition.sqlApply) await tx.query('select ledgerline_refresh_apply_version()');
+}
+
+/**
  * A list of log positions sent as one JSON parameter (the Data API has no array parameters), as the
  * `bigint[]` that `= any (…)` probes the primary key with once per position.
  */
