@@ -47,6 +47,7 @@ create or replace function ledgerline_refresh_apply_version() returns void
 language plpgsql volatile as $refresh$
 declare
   v_branches text;
+  v_body     text;
 begin
   perform pg_advisory_xact_lock(hashtextextended('ledgerline:apply-version', 0));
   select string_agg(format('if p_name = %L and p_version = %s then v_void := %I(p_events)::text; return; end if;',
@@ -57,17 +58,22 @@ begin
    where m is not null
      and f.pronamespace = current_schema()::regnamespace
      and f.pronargs = 1 and f.proargtypes[0] = 'events[]'::regtype;
-  execute format($f$
-create or replace function ledgerline_apply_version(p_name text, p_version integer, p_events events[])
-returns void language plpgsql volatile as $body$
+  v_body := format($f$
 declare
   v_void text;
 begin
   %s
   execute format('select %%I($1)', p_name || '_v' || p_version || '_apply') using p_events;
 end
-$body$
 $f$, coalesce(v_branches, ''));
+  -- Unchanged (ensureProjection at every deploy and start, an in-place Start): left alone, so no
+  -- connection has to compile it again.
+  if v_body = (select prosrc from pg_proc where oid = 'ledgerline_apply_version(text, integer, events[])'::regprocedure) then
+    return;
+  end if;
+  execute format($f$
+create or replace function ledgerline_apply_version(p_name text, p_version integer, p_events events[])
+returns void language plpgsql volatile as %s$f$, quote_literal(v_body));
 end
 $refresh$;
 

@@ -124,22 +124,23 @@ function applyFunctionSql(table: string): string {
         -- document as the statement below, computed in plpgsql expressions (each a cached simple
         -- expression) and upserted by a statement that only merges: the statement's subqueries cost
         -- more to start than to run for one row (a throwaway timing, about 90 against 140 µs).
-        -- A null element (see sqlApply) has no type, so no section: nothing is applied.
+        -- A null element (see sqlApply) has no type, so no section, and the insert writes nothing.
+        -- It still runs every expression and the insert, on no row: that null call is how appends
+        -- have this branch planned in their connection before a Flip (migration 005); returning
+        -- early would leave every writer to plan it at once, right after the Flip's lock.
         v_event := p_events[1];
         v_section := case v_event.type ${sectionOfType} end;
-        if v_section is null or v_event.stream_id not like 'order-_%' then
-          return;
-        end if;
         v_at := v_event.data->>'occurredAt';
         v_at := coalesce(ledgerline_source_time(v_at),
                          to_char(v_event.recorded_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'));
         insert into ${ident(table)} as cur (order_id, sections, events_applied, last_global_position)
-        values (substr(v_event.stream_id, 7),
-                jsonb_build_object(v_section, jsonb_build_object('at', v_at, 'eventId', v_event.event_id::text,
-                  'type', v_event.type, 'data', v_event.data - 'orderId' - 'occurredAt',
-                  'order', case when v_section = 'decision' then 'p' || lpad(v_event.stream_position::text, 15, '0')
-                                else v_at || '|' || v_event.event_id::text end)),
-                1, v_event.global_position)
+        select substr(v_event.stream_id, 7),
+               jsonb_build_object(v_section, jsonb_build_object('at', v_at, 'eventId', v_event.event_id::text,
+                 'type', v_event.type, 'data', v_event.data - 'orderId' - 'occurredAt',
+                 'order', case when v_section = 'decision' then 'p' || lpad(v_event.stream_position::text, 15, '0')
+                               else v_at || '|' || v_event.event_id::text end)),
+               1, v_event.global_position
+         where v_section is not null and v_event.stream_id like 'order-_%'
         on conflict (order_id) do update set ${ORDER_SUMMARY_MERGE};
       else
         ${orderSummaryApplyStatement(table, 'unnest(p_events)')};
