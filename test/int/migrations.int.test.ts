@@ -2,6 +2,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { checksum, migrate, type Migration } from '../../functions/db/migrate.ts';
 import { loadMigrations } from '../../functions/db/migrations-dir.ts';
 import { createTestDatabase, type TestDatabase } from '../support/test-db.ts';
+import { appendToStream } from '../../functions/core/event-store/index.ts';
+import { orderSummary, readOrderSummaryRows } from '../../functions/domain/order-summary.ts';
 
 const created: TestDatabase[] = [];
 afterEach(async () => {
@@ -33,6 +35,22 @@ describe('migrations', () => {
     expect(await migrate(t.db, files)).toEqual([]);
     const rows = await t.db.query<{ name: string; checksum: string }>('select name, checksum from schema_migrations order by name');
     expect(rows).toEqual(files.map((f) => ({ name: f.name, checksum: checksum(f.sql) })));
+  });
+
+  it('upgrades a database whose projection versions are in use: 008 names them in the append\'s dispatch', async () => {
+    const t = await fresh();
+    const files = loadMigrations();
+    await migrate(t.db, files.filter((f) => f.name < '008'));
+    // Version 1 live, as a deploy before 008 left it (its table and apply function).
+    await t.db.transaction(async (tx) => {
+      await tx.query(`insert into projections (name, version, kind, state) values ('order_summary', 1, 'inline', 'live')`);
+      await orderSummary.createTable(tx, 'order_summary_v1');
+    });
+    await migrate(t.db, files);
+    const [dispatch] = await t.db.query<{ src: string }>(`select prosrc as src from pg_proc where proname = 'ledgerline_apply_version'`);
+    expect(dispatch!.src).toContain('order_summary_v1_apply(p_events)');
+    await appendToStream(t.db, 'order-u1', [{ type: 'PaymentProcessed', data: { orderId: 'u1', amount: 1 } }], { projections: [orderSummary] });
+    expect((await readOrderSummaryRows(t.db, 'order_summary_v1')).map((r) => [r.order_id, r.events_applied])).toEqual([['u1', 1]]);
   });
 
   it('applies each file exactly once when two processes migrate at the same time', async () => {
