@@ -26,15 +26,6 @@
 -- Step 9b (migration 005) calls the rebuilding version's apply through the same dispatch, so that
 -- the dispatch's branch is also planned before the Flip.
 
--- The dispatch: rewritten by ledgerline_refresh_apply_version() below; this first body only has the
--- fallback.
-create or replace function ledgerline_apply_version(p_name text, p_version integer, p_events events[])
-returns void language plpgsql volatile as $$
-begin
-  execute format('select %I($1)', p_name || '_v' || p_version || '_apply') using p_events;
-end
-$$;
-
 -- Rewrites ledgerline_apply_version with one branch per function `<name>_v<version>_apply(events[])`
 -- in the current schema (the last `_v<digits>_apply` of its name gives the version, so a projection
 -- name may itself contain `_v1`). Read from the catalog, not from `projections`: Start creates a new
@@ -67,8 +58,8 @@ begin
 end
 $f$, coalesce(v_branches, ''));
   -- Unchanged (ensureProjection at every deploy and start, an in-place Start): left alone, so no
-  -- connection has to compile it again.
-  if v_body = (select prosrc from pg_proc where oid = 'ledgerline_apply_version(text, integer, events[])'::regprocedure) then
+  -- connection has to compile it again. Created by the first call (this migration's, below).
+  if v_body = (select prosrc from pg_proc where oid = to_regprocedure('ledgerline_apply_version(text, integer, events[])')) then
     return;
   end if;
   execute format($f$
