@@ -41,8 +41,9 @@ export async function applyBatch(
           definition.name,
           rebuild.version,
           JSON.stringify(events.map((e) => e.globalPosition)),
-          events.reduce((lo, e) => Math.min(lo, e.globalPosition), Number.POSITIVE_INFINITY),
-          events.reduce((hi, e) => Math.max(hi, e.globalPosition), 0),
+          // In position order (apply's contract; the range breakage above relies on it too).
+          events[0]!.globalPosition,
+          events[events.length - 1]!.globalPosition,
         ],
       );
   await inOrder([applied, deleted]);
