@@ -32,7 +32,10 @@ export interface ProjectionDefinition {
    * such projections is one statement and needs no explicit transaction. Release and Cancel drop
    * the function with the tables. The function must apply nothing for a null element: while a
    * version rebuilds, appends call it now and then with `array[null::events]`, so that each
-   * connection has compiled and planned it before the flip (migration 005).
+   * connection has compiled and planned it before the flip (migration 005). So that the call does
+   * that, a null element takes the path an append's one event takes, to its end, on no row: a
+   * path that returned early would leave its statements to be planned by every writer at once,
+   * right after the Flip's lock (order_summary's one-event branch does so).
    */
   sqlApply?: boolean;
 }
