@@ -150,8 +150,8 @@ function applyFunctionSql(table: string): string {
 }
 
 /**
- * The apply's statement over any source of log rows (the function's array; the bench's lower bound
- * runs it over the whole log at once). Each level is fenced with OFFSET 0 so that what it computes
+ * The apply's statement over any source of log rows (the function's array; replay's batch range,
+ * as `applyStatement`; the bench's lower bound runs it over the whole log at once). Each level is fenced with OFFSET 0 so that what it computes
  * is computed once per event: flattened, the source time was evaluated four times per event (in
  * the sort key, the order key and the document), and every document was built before the winners
  * were known. Here the order key is computed once, the winner per order and section is picked on
@@ -203,6 +203,7 @@ export const orderSummary: ProjectionDefinition = {
   kind: 'inline',
   eventTypes: Object.keys(ORDER_SECTIONS),
   sqlApply: true,
+  applyStatement: orderSummaryApplyStatement,
 
   async createTable(tx: Tx, table: string) {
     await tx.query(`create table if not exists ${ident(table)} (${ORDER_SUMMARY_COLUMNS})`);

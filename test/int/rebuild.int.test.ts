@@ -214,7 +214,12 @@ describe('rebuild', () => {
     expect(progress.eventsReplayed).toBe(n);
   });
 
-  it('cuts a replay batch at its byte budget, whatever its event count allows, and still replays everything', async () => {
+  // Both ways a projection that applies in SQL replays: its own statement over the batch's range
+  // (order_summary's `applyStatement`), and its function over the batch as an array (without one).
+  it.each([
+    ['its statement over the range', orderSummary],
+    ['its function over an array', { ...orderSummary, applyStatement: undefined }],
+  ])('cuts a replay batch at its byte budget, whatever its event count allows, and still replays everything (%s)', async (_how, definition) => {
     // A log of its own holding only large events: about 3 KB of data each, random, so that the
     // stored (compressed) size stays large.
     const own = await createTestDatabase();
@@ -227,18 +232,18 @@ describe('rebuild', () => {
         }));
         await appendToStream(own.db, `order-${id}`, events, { projections });
       }
-      const { lease } = await acquireRebuild(own.db, orderSummary, { owner: 'bytes', mode: 'blue-green' });
-      await startRebuild(own.db, orderSummary, lease);
+      const { lease } = await acquireRebuild(own.db, definition, { owner: 'bytes', mode: 'blue-green' });
+      await startRebuild(own.db, definition, lease);
       const sizes: number[] = [];
       const hooks = { insideBatch: async (_step: string, _tx: unknown, size: number) => void sizes.push(size) };
       let result;
-      do result = await replay(own.db, orderSummary, lease, { batchSize: 1_000, batchBytes: 16_000, hooks });
+      do result = await replay(own.db, definition, lease, { batchSize: 1_000, batchBytes: 16_000, hooks });
       while (!result.done);
       // 16 KB holds five of these events (the budget is checked before each, so one more starts it).
       expect(Math.max(...sizes)).toBeLessThanOrEqual(6);
       expect(sizes.reduce((a, b) => a + b, 0)).toBe(40);
       expect(result.eventsReplayed).toBe(40);
-      await continueRebuild(own.db, orderSummary, lease);
+      await continueRebuild(own.db, definition, lease);
       await expectReadModelMatchesLog(own.db, 'order_summary_v2');
     } finally {
       await own.drop();

@@ -38,6 +38,15 @@ export interface ProjectionDefinition {
    * right after the Flip's lock (order_summary's one-event branch does so).
    */
   sqlApply?: boolean;
+  /**
+   * A `sqlApply` projection's apply as one SQL statement over `source`, a parenthesised query of
+   * log rows (any subset, in any order: the statement computes what the function computes over the
+   * same rows). Replay runs it over each batch's range of the log, straight from the table: no
+   * array of the batch's events is built and unnested, and a batch is no longer bounded by the
+   * memory such an array takes, so it can be larger and write each key less often (replay.ts).
+   * Optional: without it, replay passes the batch to `<table>_apply(events[])` as an array.
+   */
+  applyStatement?(table: string, source: string): string;
 }
 
 /** The function a `sqlApply` projection's version applies with (see `sqlApply`). */

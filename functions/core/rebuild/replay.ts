@@ -20,20 +20,24 @@ export const REPLAY_BATCH_SIZE = 20_000;
 
 /**
  * Events per replay batch of a projection that applies in SQL (`sqlApply`): its events never leave
- * the server, so the batch is bounded by the server's memory, not a Lambda's. Each batch writes
- * each key it touches once, so larger batches write less: on the bench's log, single runs of
- * `npm run bench -- --scenarios replay --reps 1 --replay-batch N` gave about 60,000 events/s at
- * N = 20,000 and 120,000 at N = 100,000 (bench/RESULTS.md has the default's three runs). A
- * batch is also cut once its events reach REPLAY_SQL_BATCH_BYTES (one event at least), so a log of
- * large events does not build a gigabyte array in one backend. The bytes are counted as stored:
- * a compressed value counts its compressed size, so the array may hold a few times that.
+ * the server, so the batch is not bounded by a Lambda's memory. Each batch writes each key it
+ * touches once, so larger batches write less. With `applyStatement` the batch is read straight
+ * from the log by the projection's statement (its sort spills to disk past `work_mem`), so what
+ * bounds it is the work in one transaction: REPLAY_SQL_BATCH_SIZE events, cut once they reach
+ * REPLAY_SQL_BATCH_BYTES, a few seconds per batch on the bench's machine (figures: README,
+ * "Benchmarks", and `npm run bench -- --scenarios replay --replay-batch N`). Without it the batch
+ * is built as an array in one backend, so its budget is memory, and smaller: REPLAY_ARRAY_BATCH_*.
+ * The bytes are counted as stored: a compressed value counts its compressed size, so an array may
+ * hold a few times that.
  */
-export const REPLAY_SQL_BATCH_SIZE = 100_000;
-export const REPLAY_SQL_BATCH_BYTES = 64 * 1024 * 1024;
+export const REPLAY_SQL_BATCH_SIZE = 250_000;
+export const REPLAY_SQL_BATCH_BYTES = 256 * 1024 * 1024;
+export const REPLAY_ARRAY_BATCH_SIZE = 100_000;
+export const REPLAY_ARRAY_BATCH_BYTES = 64 * 1024 * 1024;
 
 export interface BudgetOptions {
   batchSize?: number;
-  /** Replay in SQL only: cut a batch once its events reach this many bytes (REPLAY_SQL_BATCH_BYTES). */
+  /** Replay in SQL only: cut a batch once its events reach this many bytes (REPLAY_SQL_BATCH_BYTES, or REPLAY_ARRAY_BATCH_BYTES). */
   batchBytes?: number;
   /** Stop starting new batches after this long; the caller (a Lambda) calls again. */
   maxMs?: number;
@@ -57,7 +61,9 @@ export interface ReplayResult {
  * Returns within the time budget with the checkpoint; calling it again continues from there.
  */
 export async function replay(db: Db, definition: ProjectionDefinition, lease: RebuildLease, options: BudgetOptions = {}): Promise<ReplayResult> {
-  const batchSize = options.batchSize ?? (definition.sqlApply ? REPLAY_SQL_BATCH_SIZE : REPLAY_BATCH_SIZE);
+  const setBased = definition.sqlApply === true && definition.applyStatement !== undefined;
+  const batchSize = options.batchSize ?? (setBased ? REPLAY_SQL_BATCH_SIZE : definition.sqlApply ? REPLAY_ARRAY_BATCH_SIZE : REPLAY_BATCH_SIZE);
+  const batchBytes = options.batchBytes ?? (setBased ? REPLAY_SQL_BATCH_BYTES : REPLAY_ARRAY_BATCH_BYTES);
   const deadline = Date.now() + (options.maxMs ?? 60_000);
   const maxBatches = options.maxBatches ?? Number.POSITIVE_INFINITY;
   const types = JSON.stringify(definition.eventTypes);
@@ -74,7 +80,7 @@ export async function replay(db: Db, definition: ProjectionDefinition, lease: Re
       let last: number;
       let more: boolean;
       if (definition.sqlApply) {
-        ({ size, last, more } = await replayBatchInSql(tx, definition, rebuild, types, batchSize, options.batchBytes ?? REPLAY_SQL_BATCH_BYTES));
+        ({ size, last, more } = await replayBatchInSql(tx, definition, rebuild, types, batchSize, batchBytes));
         await options.hooks?.insideBatch?.('replay', tx, size);
       } else {
         const rows = await tx.query<StoredEventRow>(
@@ -107,14 +113,18 @@ export async function replay(db: Db, definition: ProjectionDefinition, lease: Re
 }
 
 /**
- * A replay batch of a projection that applies in SQL, as one statement: the batch's events, read
- * into an array of log rows (up to `batchSize` events, cut at `batchBytes`), go straight to the
- * version's `<table>_apply`, and the skip rows of exactly those positions are deleted (applyBatch
- * says why never by a range); nothing travels to the client but the batch's size, last position and
- * whether events are left before the target. The array is read once; the apply and the deletion
- * both take it, so they agree on the batch whatever commits meanwhile. (The cut's pass and the
- * array are two reads of one range in one statement, so with one snapshot. One pass cannot do
- * both: the whole rows it would carry past the cut are detoasted for nothing, up to `batchSize`.)
+ * A replay batch of a projection that applies in SQL, as one statement: the batch (up to
+ * `batchSize` events, cut at `batchBytes`) is applied and the skip rows of exactly its positions are
+ * deleted (applyBatch says why never by a range); nothing travels to the client but the batch's
+ * size, last position and whether events are left before the target.
+ *
+ * With `applyStatement` (set-based), the projection's own statement reads the batch's range from
+ * the log; without it, the batch's events are read into an array of log rows for
+ * `<table>_apply(events[])`. Either way the apply and the deletion take the same rows: every part
+ * of one statement reads with its one snapshot, so an append that commits meanwhile is in neither
+ * (its skip row stays, and a later batch or the drain applies it). The cut's pass and the batch are
+ * two reads of one range in that snapshot. One pass cannot do both: the whole rows it would carry
+ * past the cut are detoasted for nothing, up to `batchSize`.
  */
 async function replayBatchInSql(
   tx: Tx,
@@ -124,7 +134,9 @@ async function replayBatchInSql(
   batchSize: number,
   batchBytes: number,
 ): Promise<{ size: number; last: number; more: boolean }> {
-  const apply = ident(applyFunctionFor(tableFor(definition.name, rebuild.version)));
+  const table = tableFor(definition.name, rebuild.version);
+  const inBatch = `e.global_position > $1 and e.global_position <= (select upto from cut)
+                   and e.type = any (array(select jsonb_array_elements_text($3::jsonb)))`;
   // Uncorrelated subqueries on `positions`, each evaluated once: an array built from b.events in
   // the DELETE's own WHERE was re-evaluated for every skip row scanned (a replay under 32 writers,
   // with skip rows piling up, ran one batch statement into its 120 s timeout; found by the bench).
@@ -135,6 +147,22 @@ async function replayBatchInSql(
       // write skip rows all through a replay). The cast makes the subquery a scalar array for
       // `= any`, not a subquery ANY over rows of arrays.
       's.global_position > $1 and s.global_position <= (select upto from cut) and s.global_position = any ((select list from positions)::bigint[])';
+  const apply = definition.applyStatement
+    ? // A data-modifying WITH runs to completion whether or not anything reads it.
+      `positions as materialized (
+         select array(select e.global_position from events as e where ${inBatch} order by e.global_position) as list
+       ),
+       applied as (
+         ${definition.applyStatement(table, `(select e.* from events as e where ${inBatch})`)}
+       ),`
+    : `b as materialized (
+         select array(select e from events as e where ${inBatch} order by e.global_position) as events
+       ),
+       -- Selected below: a CTE that is not data-modifying and whose result nothing uses is not run.
+       applied as materialized (select ${ident(applyFunctionFor(table))}(b.events) from b where cardinality(b.events) > 0),
+       positions as materialized (
+         select array(select (x).global_position from b, unnest(b.events) as x) as list
+       ),`;
   const [row] = await tx.query<{ size: number; last: number | null; more: boolean }>(
     `with src as not materialized (
        -- The batch before the byte cut, narrow: its positions and bytes (data and metadata as
@@ -160,26 +188,16 @@ async function replayBatchInSql(
                   from (select gp, sum(bytes) over (order by gp) - bytes as before from src) as w) end as upto
          from head as h
      ),
-     b as materialized (
-       select array(select e from events as e
-                     where e.global_position > $1 and e.global_position <= (select upto from cut)
-                       and e.type = any (array(select jsonb_array_elements_text($3::jsonb)))
-                     order by e.global_position) as events
-     ),
-     applied as materialized (select ${apply}(b.events) from b where cardinality(b.events) > 0),
-     positions as materialized (
-       select array(select (x).global_position from b, unnest(b.events) as x) as list
-     ),
+     ${apply}
      deleted as (
        delete from projection_skips as s
         where s.projection = $5 and s.version = $6 and ${skipped}
      )
-     -- applied's count is selected: a CTE whose result nothing uses is not run (and a left join
-     -- to it is removed).
-     select cardinality(b.events) as size, (b.events[cardinality(b.events)]).global_position as last,
-            cardinality(b.events) < (select n from cut) or (select n from cut) = $4 as more,
-            (select count(*) from applied) as applied
-       from b`,
+     select cardinality(p.list) as size, p.list[cardinality(p.list)] as last,
+            cardinality(p.list) < (select n from cut) or (select n from cut) = $4 as more${
+              definition.applyStatement ? '' : ', (select count(*) from applied) as applied'
+            }
+       from positions as p`,
     [rebuild.checkpoint, rebuild.target_position ?? 0, types, batchSize, definition.name, rebuild.version, batchBytes],
   );
   return { size: row?.size ?? 0, last: row?.last ?? rebuild.target_position ?? 0, more: row?.more ?? false };
