@@ -96,11 +96,28 @@ export const ORDER_SUMMARY_MERGE = `
   updated_at = now()`;
 
 /**
+ * One section's SQL, shared by the apply function's one-event branch and the batch statement so
+ * that both build the same document (the projection tests compare it with sectionOf() and
+ * newer()). Arguments are SQL expressions. The source time, else the recorded time, as ISO text.
+ */
+const sourceTimeSql = (occurredAt: string, recordedAt: string) =>
+  `coalesce(ledgerline_source_time(${occurredAt}),
+            to_char(${recordedAt} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))`;
+/** The section's order key (Section.order): a decision's stream position, else time and event id. */
+const orderKeySql = (section: string, at: string, streamPosition: string, eventId: string) =>
+  `case when ${section} = 'decision' then 'p' || lpad(${streamPosition}::text, 15, '0')
+        else ${at} || '|' || ${eventId}::text end`;
+/** The section's document (Section). */
+const sectionDocSql = (f: { at: string; eventId: string; type: string; data: string; order: string }) =>
+  `jsonb_build_object('at', ${f.at}, 'eventId', ${f.eventId}::text, 'type', ${f.type},
+                      'data', ${f.data} - 'orderId' - 'occurredAt', 'order', ${f.order})`;
+
+/**
  * The order summary's apply, in SQL: the function `<table>_apply(events[])` applies those events to
  * the version's table. Every path calls it: the append inside its own statement, with the rows its
- * insert returned (migration 004, step 7); replay in its one statement per batch
- * (rebuild/replay.ts); drain and flip through `apply` (applyInSql), with the rows read by position.
- * It computes what sectionOf() and newer() compute (the tests check the
+ * insert returned (migration 004, step 7); drain and flip through `apply` (applyInSql), with the
+ * rows read by position. Replay runs its batch statement (below) itself, as `applyStatement`, over
+ * each batch's range of the log (rebuild/replay.ts). It computes what sectionOf() and newer() compute (the tests check the
  * documents against them): per order and section the newest event by its order key, the events
  * counted and the last position, then one upsert merges each order's partial document into its row
  * (an upsert cannot touch a row twice). It reads no table but its own: the events come as values, so
@@ -130,15 +147,16 @@ function applyFunctionSql(table: string): string {
         -- early would leave every writer to plan it at once, right after the Flip's lock.
         v_event := p_events[1];
         v_section := case v_event.type ${sectionOfType} end;
-        v_at := v_event.data->>'occurredAt';
-        v_at := coalesce(ledgerline_source_time(v_at),
-                         to_char(v_event.recorded_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'));
+        v_at := ${sourceTimeSql("v_event.data->>'occurredAt'", 'v_event.recorded_at')};
         insert into ${ident(table)} as cur (order_id, sections, events_applied, last_global_position)
         select substr(v_event.stream_id, 7),
-               jsonb_build_object(v_section, jsonb_build_object('at', v_at, 'eventId', v_event.event_id::text,
-                 'type', v_event.type, 'data', v_event.data - 'orderId' - 'occurredAt',
-                 'order', case when v_section = 'decision' then 'p' || lpad(v_event.stream_position::text, 15, '0')
-                               else v_at || '|' || v_event.event_id::text end)),
+               jsonb_build_object(v_section, ${sectionDocSql({
+                 at: 'v_at',
+                 eventId: 'v_event.event_id',
+                 type: 'v_event.type',
+                 data: 'v_event.data',
+                 order: orderKeySql('v_section', 'v_at', 'v_event.stream_position', 'v_event.event_id'),
+               })}),
                1, v_event.global_position
          where v_section is not null and v_event.stream_id like 'order-_%'
         on conflict (order_id) do update set ${ORDER_SUMMARY_MERGE};
@@ -151,27 +169,22 @@ function applyFunctionSql(table: string): string {
 
 /**
  * The apply's statement over any source of log rows (the function's array; replay's batch range,
- * as `applyStatement`; the bench's lower bound runs it over the whole log at once). Each level is fenced with OFFSET 0 so that what it computes
- * is computed once per event: flattened, the source time was evaluated four times per event (in
- * the sort key, the order key and the document), and every document was built before the winners
- * were known. Here the order key is computed once, the winner per order and section is picked on
+ * as `applyStatement`; the bench's lower bound runs it over the whole log at once). Each level is
+ * fenced with OFFSET 0 so that what it computes is computed once per event: flattened, the source
+ * time was evaluated four times per event (in the sort key, the order key and the document), and
+ * every document was built before the winners were known. Here the order key is computed once, the winner per order and section is picked on
  * it, and only winners' documents are built. (The function's one-event branch computes the same
- * rows and document in plpgsql.)
+ * rows and document in plpgsql, from the same SQL pieces.)
  */
 export function orderSummaryApplyStatement(table: string, source: string): string {
   const sections = Object.entries(ORDER_SECTIONS)
     .map(([type, section]) => `('${type}', '${section}')`)
     .join(', ');
-  const doc = (r: string) =>
-    `jsonb_build_object('at', ${r}.at, 'eventId', ${r}.event_id::text, 'type', ${r}.type,
-                        'data', ${r}.data - 'orderId' - 'occurredAt', 'order', ${r}.ord)`;
   // Per event: order, section, source time (else recorded time) and order key, each computed once.
   const keyed = `(
-              select a.*, case when a.section = 'decision' then 'p' || lpad(a.stream_position::text, 15, '0')
-                               else a.at || '|' || a.event_id::text end as ord
+              select a.*, ${orderKeySql('a.section', 'a.at', 'a.stream_position', 'a.event_id')} as ord
                 from (
-                  select o.*, coalesce(ledgerline_source_time(o.occurred_at),
-                                       to_char(o.recorded_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')) as at
+                  select o.*, ${sourceTimeSql('o.occurred_at', 'o.recorded_at')} as at
                     from (
                       select substr(e.stream_id, 7) as order_id, s.section, e.global_position, e.stream_position,
                              e.event_id, e.type, e.data, e.recorded_at, e.data->>'occurredAt' as occurred_at
@@ -188,7 +201,8 @@ export function orderSummaryApplyStatement(table: string, source: string): strin
   const merge = `on conflict (order_id) do update set ${ORDER_SUMMARY_MERGE}`;
   return `${insert}
       select w.order_id,
-             coalesce(jsonb_object_agg(w.section, ${doc('w')}) filter (where w.newest), '{}'::jsonb),
+             coalesce(jsonb_object_agg(w.section, ${sectionDocSql({ at: 'w.at', eventId: 'w.event_id', type: 'w.type', data: 'w.data', order: 'w.ord' })})
+                      filter (where w.newest), '{}'::jsonb),
              count(*)::int, max(w.global_position)
         from (
           select k.*, row_number() over (partition by k.order_id, k.section order by k.ord collate "C" desc, k.global_position) = 1 as newest
