@@ -1,17 +1,32 @@
--- ledgerline_drain_batch as in migration 007, reading the batch's events by position.
+-- ledgerline_skipped_events: the oldest skip rows' events of a projection version, read by
+-- position; and ledgerline_drain_batch as in migration 007, reading its batch through it.
 --
 -- Why: the batch read joined the oldest skip rows to `events`, and the planner sized that join from
 -- the skip rows' statistics. Skip rows come and go during a rebuild, so those are often stale:
 -- analysed while thousands were pending, they made a hash join that read the whole log for each
 -- batch, however few skip rows were left. In the bench's flip-stall scenario that was 200 ms per
 -- drain batch of a few hundred rows, so the drain never got the backlog down, and the Flip, which
--- runs this function under the exclusive lock while every writer waits, applied hundreds of rows
--- with a scan of the log (found with log_lock_waits: writers queued 40 ms and more behind it).
+-- runs this read under the exclusive lock while every writer waits, applied hundreds of rows with
+-- a scan of the log (found with log_lock_waits: writers queued 40 ms and more behind it).
 -- The events are now read in a LATERAL subquery on the primary key; OFFSET 0 keeps it a subquery
 -- (not pulled up into a join the planner could hash), so each skip row costs one index probe and a
 -- batch costs what its rows cost, whatever the statistics say and however long the log is.
--- Everything else is as in 007: the same skip rows in the same order, one array, the same apply,
--- the same deletion of exactly those positions.
+-- One function for both drains: this file's ledgerline_drain_batch (a projection applied in SQL)
+-- and drain.ts's drainBatch (applied in JS, and the range breakage). STABLE and LANGUAGE sql, so
+-- it is inlined into the caller's statement and reads with that statement's snapshot.
+create function ledgerline_skipped_events(p_projection text, p_version integer, p_batch integer) returns setof events
+language sql stable as $$
+  select e.*
+    from (select s.global_position from projection_skips as s
+           where s.projection = p_projection and s.version = p_version
+           order by s.global_position
+           limit p_batch) as k
+   cross join lateral (select * from events as e where e.global_position = k.global_position offset 0) as e
+   order by k.global_position
+$$;
+
+-- As in 007 but for the read: the same skip rows in the same order, one array, the same apply, the
+-- same deletion of exactly those positions.
 create or replace function ledgerline_drain_batch(p_projection text, p_version integer, p_batch integer) returns integer
 language plpgsql volatile as $$
 declare
@@ -19,13 +34,7 @@ declare
 begin
   execute format($q$
     with b as materialized (
-      select array(select x.e
-                     from (select s.global_position from projection_skips as s
-                            where s.projection = $1 and s.version = $2
-                            order by s.global_position
-                            limit $3) as k
-                    cross join lateral (select e from events as e where e.global_position = k.global_position offset 0) as x
-                    order by k.global_position) as events
+      select array(select e from ledgerline_skipped_events($1, $2, $3) as e order by e.global_position) as events
     ),
     -- Applied in position order: the array is ordered by the skip rows' positions.
     applied as materialized (select %I(b.events) from b where cardinality(b.events) > 0),

@@ -122,17 +122,9 @@ export async function drainBatch(
   hooks: RebuildHooks | undefined,
   step: 'drain' | 'flip',
 ): Promise<number> {
-  // The events by position, one primary-key probe per skip row (a LATERAL subquery that OFFSET 0
-  // keeps from being pulled up into a join): with a join, stale skip-row statistics made the
-  // planner hash it and read the whole log per batch (migration 009 says more).
+  // Read by position, as ledgerline_drain_batch reads it (migration 009 says why never by a join).
   const rows = await tx.query<StoredEventRow>(
-    `select ${eventColumns('e')}
-       from (select s.global_position from projection_skips as s
-              where s.projection = $1 and s.version = $2
-              order by s.global_position
-              limit $3) as k
-      cross join lateral (select * from events as e where e.global_position = k.global_position offset 0) as e
-      order by k.global_position`,
+    `select ${eventColumns('e')} from ledgerline_skipped_events($1, $2, $3) as e order by e.global_position`,
     [definition.name, rebuild.version, batchSize],
   );
   const events = rows.map(toStoredEvent);
