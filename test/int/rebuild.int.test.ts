@@ -19,7 +19,7 @@ import {
   FencingTokenLostError,
 } from '../../functions/core/rebuild/index.ts';
 import { drainBatch } from '../../functions/core/rebuild/drain.ts';
-import type { RebuildRow } from '../../functions/core/rebuild/types.ts';
+import { readRebuild } from '../../functions/core/rebuild/lease.ts';
 import type { Db } from '../../functions/db/types.ts';
 import { orderSummary, readOrderSummaryRows } from '../../functions/domain/order-summary.ts';
 import { diffOrderSummary, expectReadModelMatchesLog, prng, randomOrderEvent } from '../support/orders.ts';
@@ -273,13 +273,14 @@ describe('rebuild', () => {
       const { lease, rebuild } = await acquireRebuild(own.db, orderSummary, { owner: 'plan', mode: 'blue-green' });
       await startRebuild(own.db, orderSummary, lease);
       while (!(await replay(own.db, orderSummary, lease)).done);
+      const draining = await readRebuild(own.db, lease.rebuildId);
       // 2,000 appends while the version rebuilt (their events and skip rows, as an append writes
       // them), and the statistics taken while they were all pending.
       await logEvents(20_001, 22_000);
       await own.db.query(
         `insert into projection_skips (projection, version, global_position)
-         select 'order_summary', $1, global_position from events where global_position > (select target_position from rebuilds where rebuild_id = $2::uuid)`,
-        [rebuild.version, lease.rebuildId],
+         select 'order_summary', $1, global_position from events where global_position > $2`,
+        [rebuild.version, draining.target_position],
       );
       await own.db.query('analyze events');
       await own.db.query('analyze projection_skips');
@@ -292,8 +293,7 @@ describe('rebuild', () => {
         if (where === 'in SQL') {
           await tx.query('select ledgerline_drain_batch($1, $2, 5000)', ['order_summary', rebuild.version]);
         } else {
-          const [row] = await tx.query<RebuildRow>('select * from rebuilds where rebuild_id = $1::uuid', [lease.rebuildId]);
-          await drainBatch(tx, orderSummary, row!, 5000, undefined, 'drain');
+          await drainBatch(tx, orderSummary, draining, 5000, undefined, 'drain');
         }
         return (await count()) - before;
       });
