@@ -135,8 +135,8 @@ async function replayBatchInSql(
   batchBytes: number,
 ): Promise<{ size: number; last: number; more: boolean }> {
   const table = tableFor(definition.name, rebuild.version);
-  const inBatch = `e.global_position > $1 and e.global_position <= (select upto from cut)
-                   and e.type = any (array(select jsonb_array_elements_text($3::jsonb)))`;
+  const ofTypes = 'e.type = any (array(select jsonb_array_elements_text($3::jsonb)))';
+  const inBatch = `e.global_position > $1 and e.global_position <= (select upto from cut) and ${ofTypes}`;
   // Uncorrelated subqueries on `positions`, each evaluated once: an array built from b.events in
   // the DELETE's own WHERE was re-evaluated for every skip row scanned (a replay under 32 writers,
   // with skip rows piling up, ran one batch statement into its 120 s timeout; found by the bench).
@@ -170,8 +170,7 @@ async function replayBatchInSql(
        -- MATERIALIZED), so the pass in the ELSE below runs only when that branch is taken.
        select e.global_position as gp, pg_column_size(e.data) + pg_column_size(e.metadata) + 200 as bytes
          from events as e
-        where e.global_position > $1 and e.global_position <= $2
-          and e.type = any (array(select jsonb_array_elements_text($3::jsonb)))
+        where e.global_position > $1 and e.global_position <= $2 and ${ofTypes}
         order by e.global_position
         limit $4
      ),
