@@ -55,15 +55,15 @@ export function applyFunctionFor(table: string): string {
 }
 
 /**
- * `createTable` for a version, and for a `sqlApply` projection the rewrite of the append's dispatch
- * (`ledgerline_apply_version`, migration 008), so that it names the version's new function in a
- * static call before the version can go live. A dispatch that misses a version still calls it,
- * through EXECUTE; the rewrite only saves that. In the caller's transaction: the rewrite commits
- * with the function it names.
+ * `createTable` for each of these versions' tables, then, for a `sqlApply` projection, one rewrite
+ * of the append's dispatch (`ledgerline_apply_version`, migration 008), so that it names the
+ * versions' new functions in static calls before they can go live. A dispatch that misses a
+ * version still calls it, through EXECUTE; the rewrite only saves that. In the caller's
+ * transaction: the rewrite commits with the functions it names.
  */
-export async function createVersionTable(tx: Tx, definition: ProjectionDefinition, table: string): Promise<void> {
-  await definition.createTable(tx, table);
-  if (definition.sqlApply) await tx.query('select ledgerline_refresh_apply_version()');
+export async function createVersionTables(tx: Tx, definition: ProjectionDefinition, tables: readonly string[]): Promise<void> {
+  for (const table of tables) await definition.createTable(tx, table);
+  if (definition.sqlApply && tables.length > 0) await tx.query('select ledgerline_refresh_apply_version()');
 }
 
 /**

@@ -1,5 +1,5 @@
 import type { Db, Queryable } from '../../db/types.ts';
-import { createVersionTable, lockProjectionExclusive, tableFor, type ProjectionDefinition } from './definition.ts';
+import { createVersionTables, lockProjectionExclusive, tableFor, type ProjectionDefinition } from './definition.ts';
 
 /**
  * Registers a projection at deploy or start-up: the first time, version 1 is created `live` with an
@@ -7,26 +7,26 @@ import { createVersionTable, lockProjectionExclusive, tableFor, type ProjectionD
  * when events it handles were already in the log (a projection added to an existing log): run an
  * in-place rebuild of version 1 then. Idempotent.
  *
- * On later deploys it runs `createTable` (createVersionTable) again for the versions in use (live, rebuilding): the
- * definition's DDL is idempotent, and a deploy whose code adds an object to a version (the SQL
- * apply function of migration 004, say) creates it for the tables that already exist. Under the
- * exclusive lock, so no append is between its state read and its apply meanwhile.
+ * On later deploys it runs `createTable` again for the versions in use (live, rebuilding), and
+ * refreshes the append's dispatch once (createVersionTables): the definition's DDL is idempotent,
+ * and a deploy whose code adds an object to a version (the SQL apply function of migration 004,
+ * say) creates it for the tables that already exist. Under the exclusive lock, so no append is
+ * between its state read and its apply meanwhile.
  */
 export async function ensureProjection(db: Db, definition: ProjectionDefinition): Promise<{ created: boolean; needsRebuild: boolean }> {
   return db.transaction(async (tx) => {
     await lockProjectionExclusive(tx, definition.name);
     const existing = await tx.query<{ version: number; state: string }>('select version, state from projections where name = $1', [definition.name]);
     if (existing.length > 0) {
-      for (const v of existing) {
-        if (v.state === 'live' || v.state === 'rebuilding') await createVersionTable(tx, definition, tableFor(definition.name, v.version));
-      }
+      const inUse = existing.filter((v) => v.state === 'live' || v.state === 'rebuilding');
+      await createVersionTables(tx, definition, inUse.map((v) => tableFor(definition.name, v.version)));
       return { created: false, needsRebuild: false };
     }
     await tx.query(`insert into projections (name, version, kind, state) values ($1, 1, $2, 'live')`, [
       definition.name,
       definition.kind,
     ]);
-    await createVersionTable(tx, definition, tableFor(definition.name, 1));
+    await createVersionTables(tx, definition, [tableFor(definition.name, 1)]);
     const [seen] = await tx.query<{ any: boolean }>(
       'select exists (select 1 from events where type in (select jsonb_array_elements_text($1::jsonb))) as any',
       [JSON.stringify(definition.eventTypes)],

@@ -1,6 +1,6 @@
 import type { Db, Tx } from '../../db/types.ts';
 import { isSqlState } from '../errors.ts';
-import { createVersionTable, tableFor, tablesOf, type ProjectionDefinition } from '../projections/definition.ts';
+import { createVersionTables, tableFor, tablesOf, type ProjectionDefinition } from '../projections/definition.ts';
 import { beginStep, fencedCall, leaseParam, readRebuild } from './lease.ts';
 import type { RebuildLease, RebuildRow } from './types.ts';
 
@@ -48,7 +48,7 @@ export async function startRebuild(
   // no append holds the shared lock.
   const prepared = await db.transaction(async (tx) => {
     const rebuild = await beginStep(tx, lease);
-    if (rebuild.phase === 'starting' && rebuild.mode === 'blue-green') await createVersionTable(tx, definition, tableFor(definition.name, rebuild.version));
+    if (rebuild.phase === 'starting' && rebuild.mode === 'blue-green') await createVersionTables(tx, definition, [tableFor(definition.name, rebuild.version)]);
     return rebuild;
   });
   if (prepared.phase !== 'starting') return prepared;
@@ -74,7 +74,7 @@ export async function startRebuild(
       }
       await db.transaction(async (tx) => {
         const [row] = await call(tx);
-        if (row?.phase === 'replaying') await createVersionTable(tx, definition, table);
+        if (row?.phase === 'replaying') await createVersionTables(tx, definition, [table]);
       });
     }),
   );
