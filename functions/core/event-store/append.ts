@@ -27,11 +27,11 @@ export const APPEND_TIMEOUTS = {
  * 1.-4. One call of `ledgerline_append` (migrations/003_append_function.sql, where each step is
  *    explained; 004_inline_sql_apply.sql adds steps 7 and 8, 005_prepare_before_the_lock.sql
  *    step 9, and 008_append_without_execute.sql does the same with less work per call): the shared
- *    advisory locks of the inline projections these events feed; the
- *    transaction-local timeouts; the stream row lock; the version, and the events already stored
- *    with caller-chosen ids, read after it; the expected-version check; the projection versions'
- *    states, read after the advisory locks (projections/inline.ts); the insert of the events with the
- *    stream's new version and a skip row per event for every `rebuilding` version.
+ *    advisory locks of the inline projections these events feed; the transaction-local timeouts;
+ *    the stream row lock; the version, and the events already stored with caller-chosen ids, read
+ *    after it; the expected-version check; the projection versions' states, read after the
+ *    advisory locks (projections/inline.ts); the insert of the events with the stream's new version
+ *    and a skip row per event for every `rebuilding` version.
  *    Each read is a statement of its own inside the function, run after the locks are granted, with
  *    its own snapshot: a VOLATILE function takes a fresh one per statement, which is what the order
  *    of locks and reads needs (the locks themselves are plpgsql expressions since migration 008).
