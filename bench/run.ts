@@ -74,7 +74,7 @@ try {
       for (const system of ['ledgerline', 'raw', 'raw-tx', 'emmett'] as const) {
         const r = await appendRun(system, url, c, P.appendMs);
         append.set(`${system}:${c}`, [...(append.get(`${system}:${c}`) ?? []), r]);
-        log(`append c=${c} rep=${rep + 1} ${system}: ${fmt(r.perSecond)}/s p50 ${fmt(r.p50, 2)} ms p99 ${fmt(r.p99, 2)} ms`);
+        log(`append c=${c} rep=${rep + 1} ${system}: ${fmt(r.perSecond)}/s p50 ${fmt(r.p50, 2)} ms p99 ${fmt(r.p99, 2)} ms, CPU µs per append ${fmt(r.serverCpuUs ?? NaN)} server + ${fmt(r.clientCpuUs)} client`);
       }
     }
   }
@@ -173,6 +173,19 @@ function report(r: {
   for (const c of P.concurrencies) {
     const tx = of('raw-tx', c);
     lines.push(`| ${c} | ${range(s(tx.map((x) => x.perSecond)))} | ${range(ratio(tx.map((x) => x.perSecond), of('raw', c).map((x) => x.perSecond)), 2)} | ${range(ratio(of('ledgerline', c).map((x) => x.perSecond), tx.map((x) => x.perSecond)), 2)} |`);
+  }
+  lines.push('');
+  // Where the time goes: with client and server on the same cores, appends/s follows their sum.
+  const server = (xs: AppendResult[]) => xs.map((x) => x.serverCpuUs ?? NaN);
+  const total = (xs: AppendResult[]) => xs.map((x) => (x.serverCpuUs ?? NaN) + x.clientCpuUs);
+  const cpuCell = (xs: AppendResult[]) => `${fmt(s(server(xs)).median)} + ${fmt(s(xs.map((x) => x.clientCpuUs)).median)}`;
+  lines.push('CPU time per append, µs: the server (every `postgres` process on this machine: backends, WAL writer, checkpointer, autovacuum) + the client (this Node.js process: the system\'s code and driver), over each whole measurement, medians. With both on the same two cores, appends/s follows the sum.', '');
+  lines.push('| concurrency | ledgerline | raw SQL | raw SQL in a transaction | Emmett | ledgerline / raw, server | ledgerline / raw, server + client |');
+  lines.push('| --- | --- | --- | --- | --- | --- | --- |');
+  for (const c of P.concurrencies) {
+    const l = of('ledgerline', c);
+    const raw = of('raw', c);
+    lines.push(`| ${c} | ${cpuCell(l)} | ${cpuCell(raw)} | ${cpuCell(of('raw-tx', c))} | ${cpuCell(of('emmett', c))} | ${range(ratio(server(l), server(raw)), 2)} | ${range(ratio(total(l), total(raw)), 2)} |`);
   }
   lines.push('');
 

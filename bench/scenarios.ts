@@ -6,6 +6,7 @@ import { acquireRebuild, continueRebuild, replay, startRebuild } from '../functi
 import type { Db } from '../functions/db/types.ts';
 import { customerTotals } from '../functions/domain/customer-totals.ts';
 import { ORDER_SUMMARY_COLUMNS, ORDER_SUMMARY_MERGE, orderSummary, orderSummaryApplyStatement } from '../functions/domain/order-summary.ts';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { emmettStore } from './emmett.ts';
 import { closedLoop, freshDatabase, now, orderEvent, percentile, prng, sectionDoc, sleep } from './lib.ts';
@@ -18,6 +19,56 @@ export interface AppendResult {
   p50: number;
   p99: number;
   max: number;
+  /**
+   * CPU time per append, in µs, over the whole run (warm-up included, as its appends are counted):
+   * the server's, summed over every `postgres` process on this machine (backends, WAL writer,
+   * checkpointer, autovacuum; undefined when none is local, as with a remote DATABASE_URL), and
+   * this Node.js process's (the system's client and driver). On a machine whose cores the client
+   * and the server share, appends/s follows their sum.
+   */
+  serverCpuUs?: number;
+  clientCpuUs: number;
+}
+
+/** CPU ticks (user + system) of every process named `postgres` here; undefined when there is none. */
+function postgresTicks(): number | undefined {
+  let ticks = 0;
+  let found = false;
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      if (readFileSync(`/proc/${pid}/comm`, 'utf8').trim() !== 'postgres') continue;
+      // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+      const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      ticks += Number(fields[11]) + Number(fields[12]);
+      found = true;
+    } catch {
+      // The process ended meanwhile (its ticks are lost: a few, from a short-lived backend).
+    }
+  }
+  return found ? ticks : undefined;
+}
+const MICROSECONDS_PER_TICK = 10_000; // USER_HZ, 100 on Linux (`getconf CLK_TCK`)
+
+/**
+ * `closedLoop` with CPU per append measured around it, before the database is dropped (its
+ * backends end with it). Backends that end during the run take their ticks with them: none here,
+ * the pools keep their connections.
+ */
+async function measuredLoop(concurrency: number, durationMs: number, op: (w: number, i: number) => Promise<unknown>): Promise<AppendResult> {
+  let ops = 0;
+  const server0 = existsSync('/proc') ? postgresTicks() : undefined;
+  const client0 = process.cpuUsage();
+  const r = await closedLoop(concurrency, durationMs, (w, i) => {
+    ops += 1;
+    return op(w, i);
+  });
+  const client = process.cpuUsage(client0);
+  const server1 = server0 === undefined ? undefined : postgresTicks();
+  return {
+    ...r,
+    serverCpuUs: server0 === undefined || server1 === undefined ? undefined : ((server1 - server0) * MICROSECONDS_PER_TICK) / ops,
+    clientCpuUs: (client.user + client.system) / ops,
+  };
 }
 
 /**
@@ -30,7 +81,7 @@ export async function appendRun(system: 'ledgerline' | 'raw' | 'raw-tx' | 'emmet
     const randoms = Array.from({ length: concurrency }, (_, w) => prng(1000 + w));
     if (system === 'ledgerline') {
       await ensureProjection(d.db, orderSummary);
-      return await closedLoop(concurrency, durationMs, (w, i) => {
+      return await measuredLoop(concurrency, durationMs, (w, i) => {
         const orderId = streamOf(w, i);
         const { type, data } = orderEvent(randoms[w]!, orderId, i);
         // No caller-chosen id (neither baseline deduplicates by id): the server generates it.
@@ -53,7 +104,7 @@ export async function appendRun(system: 'ledgerline' | 'raw' | 'raw-tx' | 'emmet
         insert into raw_order_summary as cur (order_id, sections, events_applied, last_global_position)
         select $6, $7::jsonb, 1, global_position from ins
         on conflict (order_id) do update set ${ORDER_SUMMARY_MERGE}`;
-      return await closedLoop(concurrency, durationMs, (w, i) => {
+      return await measuredLoop(concurrency, durationMs, (w, i) => {
         const orderId = streamOf(w, i);
         const event = orderEvent(randoms[w]!, orderId, i);
         const version = (versions.get(orderId) ?? 0) + 1;
@@ -67,7 +118,7 @@ export async function appendRun(system: 'ledgerline' | 'raw' | 'raw-tx' | 'emmet
     }
     const store = await emmettStore(d.url, concurrency);
     try {
-      return await closedLoop(concurrency, durationMs, (w, i) => {
+      return await measuredLoop(concurrency, durationMs, (w, i) => {
         const orderId = streamOf(w, i);
         const { type, data } = orderEvent(randoms[w]!, orderId, i);
         return store.append(`order-${orderId}`, { type, data: data as Record<string, unknown> });
