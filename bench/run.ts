@@ -153,10 +153,16 @@ function report(r: {
   lines.push('## 1. Append with the inline order-summary projection', '');
   lines.push('| concurrency | ledgerline appends/s | raw SQL appends/s | Emmett appends/s | ledgerline / raw | ledgerline / Emmett | ledgerline p50 / p99 ms | raw p50 / p99 ms | Emmett p50 / p99 ms |');
   lines.push('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  // Where the time goes: with client and server on the same cores, appends/s follows their sum.
+  const server = (xs: AppendResult[]) => xs.map((x) => x.serverCpuUs ?? NaN);
+  const total = (xs: AppendResult[]) => xs.map((x) => (x.serverCpuUs ?? NaN) + x.clientCpuUs);
+  const cpuCell = (xs: AppendResult[]) => `${fmt(s(server(xs)).median)} + ${fmt(s(xs.map((x) => x.clientCpuUs)).median)}`;
+  const cpuRows: string[] = [];
   for (const c of P.concurrencies) {
     const l = of('ledgerline', c);
     const raw = of('raw', c);
     const em = of('emmett', c);
+    cpuRows.push(`| ${c} | ${cpuCell(l)} | ${cpuCell(raw)} | ${cpuCell(of('raw-tx', c))} | ${cpuCell(em)} | ${range(ratio(server(l), server(raw)), 2)} | ${range(ratio(total(l), total(raw)), 2)} |`);
     const vsRaw = ratio(l.map((x) => x.perSecond), raw.map((x) => x.perSecond));
     const vsEm = ratio(l.map((x) => x.perSecond), em.map((x) => x.perSecond));
     const lat = (xs: AppendResult[]) => `${fmt(s(xs.map((x) => x.p50)).median, 2)} / ${fmt(s(xs.map((x) => x.p99)).median, 2)}`;
@@ -175,19 +181,9 @@ function report(r: {
     lines.push(`| ${c} | ${range(s(tx.map((x) => x.perSecond)))} | ${range(ratio(tx.map((x) => x.perSecond), of('raw', c).map((x) => x.perSecond)), 2)} | ${range(ratio(of('ledgerline', c).map((x) => x.perSecond), tx.map((x) => x.perSecond)), 2)} |`);
   }
   lines.push('');
-  // Where the time goes: with client and server on the same cores, appends/s follows their sum.
-  const server = (xs: AppendResult[]) => xs.map((x) => x.serverCpuUs ?? NaN);
-  const total = (xs: AppendResult[]) => xs.map((x) => (x.serverCpuUs ?? NaN) + x.clientCpuUs);
-  const cpuCell = (xs: AppendResult[]) => `${fmt(s(server(xs)).median)} + ${fmt(s(xs.map((x) => x.clientCpuUs)).median)}`;
   lines.push('CPU time per append, µs: the server (every `postgres` process on this machine: backends, WAL writer, checkpointer, autovacuum) + the client (this Node.js process: the system\'s code and driver), over each whole measurement, medians. With both on the same two cores, appends/s follows the sum.', '');
   lines.push('| concurrency | ledgerline | raw SQL | raw SQL in a transaction | Emmett | ledgerline / raw, server | ledgerline / raw, server + client |');
-  lines.push('| --- | --- | --- | --- | --- | --- | --- |');
-  for (const c of P.concurrencies) {
-    const l = of('ledgerline', c);
-    const raw = of('raw', c);
-    lines.push(`| ${c} | ${cpuCell(l)} | ${cpuCell(raw)} | ${cpuCell(of('raw-tx', c))} | ${cpuCell(of('emmett', c))} | ${range(ratio(server(l), server(raw)), 2)} | ${range(ratio(total(l), total(raw)), 2)} |`);
-  }
-  lines.push('');
+  lines.push('| --- | --- | --- | --- | --- | --- | --- |', ...cpuRows, '');
 
   }
   if (r.replays.length > 0) {
