@@ -181,7 +181,7 @@ function report(r: {
     lines.push(`| ${c} | ${range(s(tx.map((x) => x.perSecond)))} | ${range(ratio(tx.map((x) => x.perSecond), of('raw', c).map((x) => x.perSecond)), 2)} | ${range(ratio(of('ledgerline', c).map((x) => x.perSecond), tx.map((x) => x.perSecond)), 2)} |`);
   }
   lines.push('');
-  lines.push('CPU time per append, µs: the server (every `postgres` process on this machine: backends, WAL writer, checkpointer, autovacuum) + the client (this Node.js process: the system\'s code and driver), over each whole measurement, medians. With both on the same two cores, appends/s follows the sum.', '');
+  lines.push('CPU time per append, µs: the server (the `postgres` processes on this machine at the end of each measurement: backends, WAL writer, checkpointer; an autovacuum worker that ends within it is missed) + the client (this Node.js process: the system\'s code and driver), over each whole measurement, medians. With both on the same two cores, appends/s follows the sum.', '');
   lines.push('| concurrency | ledgerline | raw SQL | raw SQL in a transaction | Emmett | ledgerline / raw, server | ledgerline / raw, server + client |');
   lines.push('| --- | --- | --- | --- | --- | --- | --- |', ...cpuRows, '');
 

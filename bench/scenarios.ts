@@ -21,10 +21,11 @@ export interface AppendResult {
   max: number;
   /**
    * CPU time per append, in µs, over the whole run (warm-up included, as its appends are counted):
-   * the server's, summed over every `postgres` process on this machine (backends, WAL writer,
-   * checkpointer, autovacuum; undefined when none is local, as with a remote DATABASE_URL), and
-   * this Node.js process's (the system's client and driver). On a machine whose cores the client
-   * and the server share, appends/s follows their sum.
+   * the server's, summed over the `postgres` processes on this machine that run at its end
+   * (backends, WAL writer, checkpointer, autovacuum launcher; an autovacuum worker that starts and
+   * ends within the run is missed; undefined when none is local, as with a remote DATABASE_URL),
+   * and this Node.js process's (the system's client and driver). On a machine whose cores the
+   * client and the server share, appends/s follows their sum.
    */
   serverCpuUs?: number;
   clientCpuUs: number;
@@ -51,8 +52,8 @@ const MICROSECONDS_PER_TICK = 10_000; // USER_HZ, 100 on Linux (`getconf CLK_TCK
 
 /**
  * `closedLoop` with CPU per append measured around it, before the database is dropped (its
- * backends end with it). Backends that end during the run take their ticks with them: none here,
- * the pools keep their connections.
+ * backends end with it). A process that ends during the run takes its ticks with it: no backend
+ * here (the pools keep their connections), but an autovacuum worker may.
  */
 async function measuredLoop(concurrency: number, durationMs: number, op: (w: number, i: number) => Promise<unknown>): Promise<AppendResult> {
   let ops = 0;
