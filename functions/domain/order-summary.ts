@@ -117,11 +117,12 @@ const sectionDocSql = (f: { at: string; eventId: string; type: string; data: str
  * the version's table. Every path calls it: the append inside its own statement, with the rows its
  * insert returned (migration 004, step 7); drain and flip through `apply` (applyInSql), with the
  * rows read by position. Replay runs its batch statement (below) itself, as `applyStatement`, over
- * each batch's range of the log (rebuild/replay.ts). It computes what sectionOf() and newer() compute (the tests check the
- * documents against them): per order and section the newest event by its order key, the events
- * counted and the last position, then one upsert merges each order's partial document into its row
- * (an upsert cannot touch a row twice). It reads no table but its own: the events come as values, so
- * an append does not read back the row it has just written to the log's hottest page.
+ * each batch's range of the log (rebuild/replay.ts). It computes what sectionOf() and newer()
+ * compute (the tests check the documents against them): per order and section the newest event by
+ * its order key, the events counted and the last position, then one upsert merges each order's
+ * partial document into its row (an upsert cannot touch a row twice). It reads no table but its
+ * own: the events come as values, so an append does not read back the row it has just written to
+ * the log's hottest page.
  * plpgsql, so its plan is cached per connection (a LANGUAGE sql function with an INSERT is planned
  * on every call before PostgreSQL 18).
  */
@@ -172,9 +173,10 @@ function applyFunctionSql(table: string): string {
  * as `applyStatement`; the bench's lower bound runs it over the whole log at once). Each level is
  * fenced with OFFSET 0 so that what it computes is computed once per event: flattened, the source
  * time was evaluated four times per event (in the sort key, the order key and the document), and
- * every document was built before the winners were known. Here the order key is computed once, the winner per order and section is picked on
- * it, and only winners' documents are built. (The function's one-event branch computes the same
- * rows and document in plpgsql, from the same SQL pieces.)
+ * every document was built before the winners were known. Here the order key is computed once,
+ * the winner per order and section is picked on it, and only winners' documents are built. (The
+ * function's one-event branch computes the same rows and document in plpgsql, from the same SQL
+ * pieces.)
  */
 export function orderSummaryApplyStatement(table: string, source: string): string {
   const sections = Object.entries(ORDER_SECTIONS)
