@@ -1,6 +1,7 @@
+import { createHash } from 'node:crypto';
 import type { Queryable, Tx } from '../db/types.ts';
 import type { JsonObject, StoredEvent } from '../core/event-store/types.ts';
-import { applyFunctionFor, applyInSql, type ProjectionDefinition } from '../core/projections/definition.ts';
+import { applyFunctionFor, applyInSql, mergeFunctionFor, type PendingEvent, type ProjectionDefinition } from '../core/projections/definition.ts';
 import { ident } from '../core/sql-ident.ts';
 import { sourceTime } from './source-time.ts';
 
@@ -214,6 +215,66 @@ export function orderSummaryApplyStatement(table: string, source: string): strin
       ${merge}`;
 }
 
+/**
+ * Bump when sectionOf(), newer() or sourceTime() change what they compute without the SQL changing
+ * (a fix to the JS twin alone). Part of ORDER_SUMMARY_CODE.
+ */
+const JS_REVISION = 1;
+
+/**
+ * The fingerprint of the code that computes this projection's documents (ProjectionDefinition's
+ * `inlinePartial`): the SQL that `createTable` makes (the apply function and the merge statement,
+ * which the tests hold to the JS twin) and the JS twin's revision. A writer's partial carries it,
+ * and a version's merge function merges only a partial of its own code. Computed from text, not
+ * from Function.toString(), which differs between bundles of the same source.
+ */
+export const ORDER_SUMMARY_CODE = createHash('sha256')
+  .update(`${JS_REVISION}\n${applyFunctionSql('t')}\n${ORDER_SUMMARY_MERGE}`)
+  .digest('hex')
+  .slice(0, 16);
+
+/**
+ * `<table>_merge(jsonb, events)`: upserts a writer's partial (inlinePartial below), computed for the
+ * event `p_event` before its insert, with the global position the insert gave it, and returns true;
+ * returns false, writing nothing, for a partial of other code than this one's or of another order,
+ * and the append then calls `<table>_apply` for the event. A null partial runs the insert on no
+ * row and returns false: that is how appends have it planned in their connection before a Flip
+ * (step 9b, migrations 005 and 010), as the apply function's null element does.
+ */
+function mergeFunctionSql(table: string): string {
+  return `create or replace function ${ident(mergeFunctionFor(table))}(p_partial jsonb, p_event events) returns boolean
+    language plpgsql volatile as $merge$
+    begin
+      if p_partial is not null
+         and (p_partial->>'code' is distinct from '${ORDER_SUMMARY_CODE}'
+              or p_event.stream_id is distinct from 'order-' || (p_partial->>'orderId')) then
+        return false;
+      end if;
+      insert into ${ident(table)} as cur (order_id, sections, events_applied, last_global_position)
+      select p_partial->>'orderId', p_partial->'sections', 1, p_event.global_position
+       where p_partial is not null
+      on conflict (order_id) do update set ${ORDER_SUMMARY_MERGE};
+      return p_partial is not null;
+    end
+    $merge$`;
+}
+
+/**
+ * The document `<table>_apply` computes for one event, when the event's own fields determine it (see
+ * ProjectionDefinition's `inlinePartial`): an order stream's event with a valid source time, and
+ * for a decision, a known stream position. Otherwise undefined: the section's time would be the
+ * recorded time, or its order key the stream position, which only the insert knows.
+ */
+function orderSummaryPartial(event: PendingEvent): (JsonObject & { code: string }) | undefined {
+  const orderId = orderIdOf(event.streamId);
+  const name = ORDER_SECTIONS[event.type as OrderEventType];
+  if (orderId === undefined || name === undefined) return undefined;
+  if (sourceTime(event.data.occurredAt) === undefined) return undefined;
+  if (name === 'decision' && event.streamPosition === undefined) return undefined;
+  const [, section] = sectionOf({ ...event, streamPosition: event.streamPosition ?? 0, globalPosition: 0, recordedAt: '' })!;
+  return { code: ORDER_SUMMARY_CODE, orderId, sections: { [name]: section } };
+}
+
 export const orderSummary: ProjectionDefinition = {
   name: 'order_summary',
   kind: 'inline',
@@ -224,9 +285,11 @@ export const orderSummary: ProjectionDefinition = {
   async createTable(tx: Tx, table: string) {
     await tx.query(`create table if not exists ${ident(table)} (${ORDER_SUMMARY_COLUMNS})`);
     await tx.query(applyFunctionSql(table));
+    await tx.query(mergeFunctionSql(table));
   },
 
   apply: applyInSql,
+  inlinePartial: orderSummaryPartial,
 };
 
 export interface OrderSummaryDocument {

@@ -2,8 +2,8 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { resetBreakages, breakages } from '../../functions/core/breakages.ts';
 import { appendToStream } from '../../functions/core/event-store/index.ts';
-import type { NewEvent } from '../../functions/core/event-store/types.ts';
-import { LOCK_KEY_SQL, applyFunctionFor, tableFor, type ProjectionDefinition } from '../../functions/core/projections/definition.ts';
+import type { JsonObject, NewEvent } from '../../functions/core/event-store/types.ts';
+import { LOCK_KEY_SQL, applyFunctionFor, mergeFunctionFor, tableFor, type ProjectionDefinition } from '../../functions/core/projections/definition.ts';
 import { ident } from '../../functions/core/sql-ident.ts';
 import { ensureProjection, resolveReadTarget } from '../../functions/core/projections/ensure.ts';
 import {
@@ -85,6 +85,64 @@ describe('inline projection', () => {
     expect(await readOrderSummaryRows(db, table)).toEqual(before);
   });
 
+  it("merges the document its writer computed for a one-event append, when the writer runs the code that made the version's function (migration 010)", async () => {
+    const table = await liveTable();
+    const id = randomUUID().slice(0, 8);
+    // Given the Db (one statement) and in a transaction: the mark is written by the merge alone.
+    await appendToStream(db, `order-${id}`, [payment(id, '2026-01-01T10:00:00.000Z')], { projections: [markingWriter()] });
+    await db.transaction((tx) => appendToStream(tx, `order-${id}`, [shipping(id)], { projections: [markingWriter()] }));
+    const row = (await readOrderSummaryRows(db, table)).find((r) => r.order_id === id);
+    expect(row?.sections.payment?.data).toMatchObject({ marked: true });
+    expect(row?.sections.shipping?.data).toMatchObject({ marked: true });
+    expect(row?.events_applied).toBe(2);
+    expect(await mergeDispatchBody()).toContain(`${mergeFunctionFor(table)}(p_partial, p_event)`);
+    await recompute(table, id);
+  });
+
+  it("computes the document in SQL when the writer's code is not the code of the version's function (a deploy in progress)", async () => {
+    const table = await liveTable();
+    const id = randomUUID().slice(0, 8);
+    const other = randomUUID().slice(0, 8);
+    await appendToStream(db, `order-${id}`, [payment(id, '2026-01-01T10:00:00.000Z')], { projections: [markingWriter({ code: 'an earlier deploy' })] });
+    // Nor does a version merge a partial computed for another order's stream.
+    await appendToStream(db, `order-${id}`, [shipping(id)], { projections: [markingWriter({ orderId: other })] });
+    const rows = await readOrderSummaryRows(db, table);
+    const row = rows.find((r) => r.order_id === id);
+    expect(row?.sections.payment).toBeDefined();
+    expect(row?.sections.payment?.data).not.toHaveProperty('marked');
+    expect(row?.sections.shipping?.data).not.toHaveProperty('marked');
+    expect(rows.find((r) => r.order_id === other)).toBeUndefined();
+    await expectReadModelMatchesLog(db, table);
+  });
+
+  it('leaves to SQL the documents a writer cannot compute: no valid source time, a decision at a position it does not know', async () => {
+    const table = await liveTable();
+    const id = randomUUID().slice(0, 8);
+    const stream = `order-${id}`;
+    const pending = (type: string, data: Record<string, unknown>, streamPosition?: number) =>
+      orderSummary.inlinePartial!({ id: randomUUID(), streamId: stream, type, data: { orderId: id, ...data }, metadata: {}, streamPosition });
+    expect(pending('PaymentProcessed', { occurredAt: '2026-01-01T10:00:00Z' })).toBeDefined();
+    expect(pending('PaymentProcessed', { occurredAt: '2026-02-30T10:00:00Z' })).toBeUndefined();
+    expect(pending('PaymentProcessed', {})).toBeUndefined();
+    expect(pending('OrderConfirmed', { occurredAt: '2026-01-01T10:00:00Z' })).toBeUndefined();
+    expect(pending('OrderConfirmed', { occurredAt: '2026-01-01T10:00:00Z' }, 3)).toBeDefined();
+    expect(orderSummary.inlinePartial!({ id: randomUUID(), streamId: 'customer-1', type: 'PaymentProcessed', data: { occurredAt: '2026-01-01T10:00:00Z' }, metadata: {}, streamPosition: 1 })).toBeUndefined();
+
+    const writer = { projections: [markingWriter()] };
+    await appendToStream(db, stream, [payment(id, '2026-02-30T10:00:00Z')], writer);
+    await appendToStream(db, stream, [{ type: 'ShippingCalculated', data: { orderId: id, shippingCost: 1 } }], writer);
+    await appendToStream(db, stream, [{ type: 'OrderConfirmed', data: { orderId: id, occurredAt: '2026-01-01T10:00:00Z' } }], writer);
+    // A decision at a known position (an expected version): the writer's document.
+    await appendToStream(db, stream, [{ type: 'OrderRejected', data: { orderId: id, occurredAt: '2026-01-01T10:00:00Z' } }], { ...writer, expectedVersion: 3 });
+    const row = (await readOrderSummaryRows(db, table)).find((r) => r.order_id === id);
+    expect(row?.sections.payment?.data).not.toHaveProperty('marked');
+    expect(row?.sections.shipping?.data).not.toHaveProperty('marked');
+    expect(row?.sections.decision?.data).toMatchObject({ marked: true });
+    expect(row?.sections.decision?.type).toBe('OrderRejected');
+    expect(row?.events_applied).toBe(4);
+    await recompute(table, id);
+  });
+
   it('applies through a dispatch that names the version, and by EXECUTE when the dispatch does not name it (migration 008)', async () => {
     const table = await liveTable();
     const fn = applyFunctionFor(table);
@@ -112,6 +170,46 @@ describe('inline projection', () => {
     await expectReadModelMatchesLog(db, table);
   });
 });
+
+/** The body of the append's dispatch to each version's merge function (migration 010). */
+async function mergeDispatchBody(): Promise<string> {
+  const [row] = await db.query<{ src: string }>(`select prosrc as src from pg_proc where proname = 'ledgerline_merge_version'`);
+  return row?.src ?? '';
+}
+
+/** An order's document computed again in SQL from the log, so the marked ones leave no trace for other tests. */
+async function recompute(table: string, orderId: string): Promise<void> {
+  await db.query(`delete from ${ident(table)} where order_id = $1`, [orderId]);
+  await db.query(`select ${ident(applyFunctionFor(table))}(array(select e from events as e where e.stream_id = $1 order by e.global_position))`, [`order-${orderId}`]);
+  await expectReadModelMatchesLog(db, table);
+}
+
+function payment(orderId: string, occurredAt: string): NewEvent {
+  return { type: 'PaymentProcessed', data: { orderId, occurredAt, transactionId: 't1', amount: 5, status: 'successful', method: 'card' } };
+}
+
+function shipping(orderId: string): NewEvent {
+  return { type: 'ShippingCalculated', data: { orderId, occurredAt: '2026-01-01T11:00:00.000Z', shippingCost: 2, estimatedDays: 3 } };
+}
+
+/**
+ * The order summary as a writer whose documents carry a mark that its SQL never writes, so that a
+ * document shows which side computed it; with `code`, a writer of other code (another deploy's), and
+ * with `orderId`, a writer whose partial names another order.
+ */
+function markingWriter(other: { code?: string; orderId?: string } = {}): ProjectionDefinition {
+  return {
+    ...orderSummary,
+    inlinePartial(event) {
+      const partial = orderSummary.inlinePartial!(event) as (JsonObject & { code: string; sections: Record<string, JsonObject> }) | undefined;
+      if (!partial) return undefined;
+      const sections = Object.fromEntries(
+        Object.entries(partial.sections).map(([name, section]) => [name, { ...section, data: { ...(section.data as JsonObject), marked: true } }]),
+      );
+      return { ...partial, sections, ...other };
+    },
+  };
+}
 
 /** The body of the append's dispatch to each version's apply function (migration 008). */
 async function dispatchBody(): Promise<string> {

@@ -37,7 +37,8 @@ export const APPEND_TIMEOUTS = {
  *    of locks and reads needs (the locks themselves are plpgsql expressions since migration 008).
  *    One statement on the wire instead of four: one Data API call instead of four (or five).
  *    Then each `live` version of a projection that applies in SQL applies the events, in the same
- *    call (migration 004).
+ *    call (migration 004); for a one-event append it merges instead the document this process
+ *    computed (`inlinePartial`), when the version's functions are of the same code (migration 010).
  * 5. In JS: a version mismatch is a conflict; stored ids are a duplicate (the original result) or a
  *    conflict (in both cases the function inserted nothing); otherwise each `live` version of the
  *    other inline projections applies the events.
@@ -59,7 +60,6 @@ export async function appendToStream(
   const inJs = inline.filter((p) => !p.sqlApply);
   if ('transaction' in q && inJs.length > 0) return q.transaction((tx) => appendToStream(tx, streamId, events, options));
   const tx: Tx = q;
-  const feeds = inline.map((p) => ({ name: p.name, types: p.eventTypes, sql: p.sqlApply === true }));
   const correlationId = options.correlationId ?? randomUUID();
   const rows = validated.map((e) => ({
     id: e.id,
@@ -74,6 +74,16 @@ export async function appendToStream(
     },
   }));
   const idsFromCaller = validated.some((e) => e.idFromCaller);
+  // A one-event append carries the documents its writer can compute (inlinePartial); the function
+  // merges each into the live version whose code computed it, and applies in SQL otherwise.
+  const one = rows.length === 1 ? rows[0]! : undefined;
+  const feeds = inline.map((p) => {
+    const partial =
+      one && p.sqlApply && p.inlinePartial
+        ? p.inlinePartial({ ...one, streamId, streamPosition: expected === 'any' ? undefined : expected + 1 })
+        : undefined;
+    return { name: p.name, types: p.eventTypes, sql: p.sqlApply === true, ...(partial ? { partial } : {}) };
+  });
 
   let result: AppendOutcome;
   try {

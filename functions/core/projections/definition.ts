@@ -1,5 +1,5 @@
 import type { Tx } from '../../db/types.ts';
-import type { StoredEvent } from '../event-store/types.ts';
+import type { JsonObject, StoredEvent } from '../event-store/types.ts';
 import { ident } from '../sql-ident.ts';
 
 export type ProjectionKind = 'inline' | 'async';
@@ -47,6 +47,35 @@ export interface ProjectionDefinition {
    * Optional: without it, replay passes the batch to `<table>_apply(events[])` as an array.
    */
   applyStatement?(table: string, source: string): string;
+  /**
+   * A `sqlApply` projection's document for an append's one event, computed by the appending
+   * process before the insert, when the event's own fields determine it: what `<table>_apply`
+   * would compute, without the server computing it. Then `createTable` also creates
+   * `<table>_merge(jsonb, events)`, which upserts such a partial (the row it was computed for
+   * gives what only the insert knows, its global position), and the append calls it instead of the
+   * apply function for the `live` version (migration 010). Undefined when the document needs what
+   * only the server knows (for order_summary: the recorded time, or a decision's stream position
+   * when no expected version is given): the apply function computes it, as every other path does.
+   *
+   * Each version's functions are made by the code of the deploy that last ran `createTable` for it
+   * (ensureProjection, Start), while a writer of the deploy before may still be appending. So the
+   * partial carries `code`, a fingerprint of the code that computed it, and the merge function
+   * refuses (returns false) a partial of other code than its own: the apply function computes that
+   * event's document instead. A version's documents are therefore computed by one code, whichever
+   * side computes them.
+   */
+  inlinePartial?(event: PendingEvent): (JsonObject & { code: string }) | undefined;
+}
+
+/** An event an append is about to insert, as its writer knows it. */
+export interface PendingEvent {
+  id: string;
+  streamId: string;
+  type: string;
+  data: JsonObject;
+  metadata: JsonObject;
+  /** Known when the append gives an expected version (it is that plus one); otherwise undefined. */
+  streamPosition: number | undefined;
 }
 
 /** The function a `sqlApply` projection's version applies with (see `sqlApply`). */
@@ -54,16 +83,25 @@ export function applyFunctionFor(table: string): string {
   return `${table}_apply`;
 }
 
+/** The function that merges a writer's partial into a version's table (see `inlinePartial`). */
+export function mergeFunctionFor(table: string): string {
+  return `${table}_merge`;
+}
+
 /**
  * `createTable` for each of these versions' tables, then, for a `sqlApply` projection, one rewrite
- * of the append's dispatch (`ledgerline_apply_version`, migration 008), so that it names the
- * versions' new functions in static calls before they can go live. A dispatch that misses a
- * version still calls it, through EXECUTE; the rewrite only saves that. In the caller's
- * transaction: the rewrite commits with the functions it names.
+ * of each of the append's dispatches (`ledgerline_apply_version`, migration 008, and
+ * `ledgerline_merge_version`, migration 010), so that they name the versions' new functions in
+ * static calls before they can go live. A dispatch that misses a version still applies its events:
+ * the apply dispatch through EXECUTE, and the merge dispatch by answering false, after which the
+ * append applies instead; the rewrite only saves that. In the caller's transaction: the rewrite
+ * commits with the functions it names.
  */
 export async function createVersionTables(tx: Tx, definition: ProjectionDefinition, tables: readonly string[]): Promise<void> {
   for (const table of tables) await definition.createTable(tx, table);
-  if (definition.sqlApply && tables.length > 0) await tx.query('select ledgerline_refresh_apply_version()');
+  if (definition.sqlApply && tables.length > 0) {
+    await tx.query('select ledgerline_refresh_apply_version(), ledgerline_refresh_merge_version()');
+  }
 }
 
 /**
@@ -105,7 +143,9 @@ export async function clearTables(tx: Tx, definition: ProjectionDefinition, vers
   const tables = tablesOf(definition, version).map(ident).join(', ');
   await tx.query(how === 'truncate' ? `truncate ${tables}` : `drop table if exists ${tables}`);
   if (how === 'drop' && definition.sqlApply) {
-    await tx.query(`drop function if exists ${ident(applyFunctionFor(tableFor(definition.name, version)))}(events[])`);
+    const table = tableFor(definition.name, version);
+    await tx.query(`drop function if exists ${ident(applyFunctionFor(table))}(events[])`);
+    await tx.query(`drop function if exists ${ident(mergeFunctionFor(table))}(jsonb, events)`);
   }
 }
 
