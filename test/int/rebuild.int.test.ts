@@ -82,6 +82,9 @@ describe('inline projection', () => {
     for (const events of ['array[null::events]', 'array[null::events, null::events]']) {
       await db.query(`select ${ident(applyFunctionFor(table))}(${events})`);
     }
+    // And the merge, given a null document (migration 010): nothing merged, so the append would apply.
+    const [merged] = await db.query<{ merged: boolean }>(`select ${ident(mergeFunctionFor(table))}(null, null) as merged`);
+    expect(merged?.merged).toBe(false);
     expect(await readOrderSummaryRows(db, table)).toEqual(before);
   });
 
@@ -226,6 +229,7 @@ describe('rebuild', () => {
     expect(await liveTable()).toBe(before);
     // Start made the new version's function, and the dispatch names it before it can go live.
     expect(await dispatchBody()).toContain(`${applyFunctionFor(tableFor('order_summary', rebuild.version))}(p_events)`);
+    expect(await mergeDispatchBody()).toContain(`${mergeFunctionFor(tableFor('order_summary', rebuild.version))}(p_partial, p_event)`);
     const replayed = await replay(db, orderSummary, lease, { batchSize: 7 });
     expect(replayed.done).toBe(true);
     const progress = await getRebuildProgress(db, 'order_summary', lease.rebuildId);
@@ -236,6 +240,12 @@ describe('rebuild', () => {
     expect((await flipRebuild(db, orderSummary, lease)).flipped).toBe(true);
     expect(await liveTable()).toBe(tableFor('order_summary', rebuild.version));
     await expectReadModelMatchesLog(db, await liveTable());
+    // The new version merges its writers' documents (migration 010): Start's functions are this code's.
+    const id = randomUUID().slice(0, 8);
+    await appendToStream(db, `order-${id}`, [payment(id, '2026-01-01T10:00:00.000Z')], { projections: [markingWriter()] });
+    const row = (await readOrderSummaryRows(db, await liveTable())).find((r) => r.order_id === id);
+    expect(row?.sections.payment?.data).toMatchObject({ marked: true });
+    await recompute(await liveTable(), id);
   });
 
   it('rebuilds in place, and reads during the rebuild say so', async () => {
