@@ -172,7 +172,7 @@ function report(r: {
       targets.push(`| append ≥ 4× Emmett at concurrency ${c} | ${fmt(vsEm.median, 2)}× | ${met(vsEm.median >= 4)} |`);
     }
   }
-  lines.push('', 'Raw SQL: one autocommit statement per append that inserts the event and upserts the summary, with no stream table, no expected-version check and no locks. Emmett: `appendToStream` with an inline `postgreSQLRawSQLProjection` doing the same upsert. ledgerline: `appendToStream` given the Db, as the HTTP API calls it: one autocommit statement (`ledgerline_append`) with the full protocol (stream row lock and expected-version check, shared projection lock, state read, timeouts, and the order summary's upsert inside the call, of the document the writer computed, as raw's client computes it: migration 010).', '');
+  lines.push('', 'Raw SQL: one autocommit statement per append that inserts the event and upserts the summary, with no stream table, no expected-version check and no locks. Emmett: `appendToStream` with an inline `postgreSQLRawSQLProjection` doing the same upsert. ledgerline: `appendToStream` given the Db, as the HTTP API calls it: one autocommit statement (`ledgerline_append`) with the full protocol (stream row lock and expected-version check, shared projection lock, state read, timeouts, and the upsert of the order summary inside the call, of the document that the writer computed, as the raw client computes it: migration 010).', '');
   lines.push('What the explicit transaction costs by itself: the raw statement inside BEGIN … COMMIT (three statements instead of one).', '');
   lines.push('| concurrency | raw SQL in a transaction, appends/s | raw in a transaction / raw | ledgerline / raw in a transaction |');
   lines.push('| --- | --- | --- | --- |');
