@@ -216,20 +216,21 @@ export function orderSummaryApplyStatement(table: string, source: string): strin
 }
 
 /**
- * Bump when sectionOf(), newer() or sourceTime() change what they compute without the SQL changing
- * (a fix to the JS twin alone). Part of ORDER_SUMMARY_CODE.
+ * Bump when sectionOf(), newer(), sourceTime() or orderSummaryPartial() change what they compute
+ * without the SQL changing (a fix to the JS twin alone). Part of ORDER_SUMMARY_CODE.
  */
 const JS_REVISION = 1;
 
 /**
  * The fingerprint of the code that computes this projection's documents (ProjectionDefinition's
- * `inlinePartial`): the SQL that `createTable` makes (the apply function and the merge statement,
- * which the tests hold to the JS twin) and the JS twin's revision. A writer's partial carries it,
- * and a version's merge function merges only a partial of its own code. Computed from text, not
- * from Function.toString(), which differs between bundles of the same source.
+ * `inlinePartial`): the SQL that `createTable` makes (the apply function, which the tests hold to
+ * the JS twin, and the merge function, which reads the partial) and the JS twin's revision. A
+ * writer's partial carries it, and a version's merge function merges only a partial of its own
+ * code. Computed from text, not from Function.toString(), which differs between bundles of the same
+ * source.
  */
 export const ORDER_SUMMARY_CODE = createHash('sha256')
-  .update(`${JS_REVISION}\n${applyFunctionSql('t')}\n${ORDER_SUMMARY_MERGE}`)
+  .update(`${JS_REVISION}\n${applyFunctionSql('t')}\n${mergeFunctionSql('t', '')}`)
   .digest('hex')
   .slice(0, 16);
 
@@ -241,12 +242,12 @@ export const ORDER_SUMMARY_CODE = createHash('sha256')
  * row and returns false: that is how appends have it planned in their connection before a Flip
  * (step 9b, migrations 005 and 010), as the apply function's null element does.
  */
-function mergeFunctionSql(table: string): string {
+function mergeFunctionSql(table: string, code: string): string {
   return `create or replace function ${ident(mergeFunctionFor(table))}(p_partial jsonb, p_event events) returns boolean
     language plpgsql volatile as $merge$
     begin
       if p_partial is not null
-         and (p_partial->>'code' is distinct from '${ORDER_SUMMARY_CODE}'
+         and (p_partial->>'code' is distinct from '${code}'
               or p_event.stream_id is distinct from 'order-' || (p_partial->>'orderId')) then
         return false;
       end if;
@@ -267,8 +268,8 @@ function mergeFunctionSql(table: string): string {
  */
 function orderSummaryPartial(event: PendingEvent): (JsonObject & { code: string }) | undefined {
   const orderId = orderIdOf(event.streamId);
+  if (orderId === undefined || !Object.hasOwn(ORDER_SECTIONS, event.type)) return undefined;
   const name = ORDER_SECTIONS[event.type as OrderEventType];
-  if (orderId === undefined || name === undefined) return undefined;
   if (sourceTime(event.data.occurredAt) === undefined) return undefined;
   if (name === 'decision' && event.streamPosition === undefined) return undefined;
   const [, section] = sectionOf({ ...event, streamPosition: event.streamPosition ?? 0, globalPosition: 0, recordedAt: '' })!;
@@ -285,7 +286,7 @@ export const orderSummary: ProjectionDefinition = {
   async createTable(tx: Tx, table: string) {
     await tx.query(`create table if not exists ${ident(table)} (${ORDER_SUMMARY_COLUMNS})`);
     await tx.query(applyFunctionSql(table));
-    await tx.query(mergeFunctionSql(table));
+    await tx.query(mergeFunctionSql(table, ORDER_SUMMARY_CODE));
   },
 
   apply: applyInSql,

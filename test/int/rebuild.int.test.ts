@@ -130,6 +130,8 @@ describe('inline projection', () => {
     expect(pending('OrderConfirmed', { occurredAt: '2026-01-01T10:00:00Z' })).toBeUndefined();
     expect(pending('OrderConfirmed', { occurredAt: '2026-01-01T10:00:00Z' }, 3)).toBeDefined();
     expect(orderSummary.inlinePartial!({ id: randomUUID(), streamId: 'customer-1', type: 'PaymentProcessed', data: { occurredAt: '2026-01-01T10:00:00Z' }, metadata: {}, streamPosition: 1 })).toBeUndefined();
+    // Not a type of the projection's, even one that names an inherited property of its section map.
+    for (const type of ['PaymentRefunded', 'toString', '__proto__']) expect(pending(type, { occurredAt: '2026-01-01T10:00:00Z' }, 3)).toBeUndefined();
 
     const writer = { projections: [markingWriter()] };
     await appendToStream(db, stream, [payment(id, '2026-02-30T10:00:00Z')], writer);
