@@ -57,13 +57,25 @@ export function orderIdOf(streamId: string): string | undefined {
   return streamId.startsWith('order-') && streamId.length > 6 ? streamId.slice(6) : undefined;
 }
 
+/**
+ * The section an event type feeds, if any. Own keys only: a type named like an inherited property
+ * (`toString`, `__proto__`) feeds none, as in the SQL, which joins on the listed types.
+ */
+function sectionNameOf(type: string): SectionName | undefined {
+  return Object.hasOwn(ORDER_SECTIONS, type) ? ORDER_SECTIONS[type as OrderEventType] : undefined;
+}
+
 export function sectionOf(event: StoredEvent): [SectionName, Section] | undefined {
-  const name = ORDER_SECTIONS[event.type as OrderEventType];
+  const name = sectionNameOf(event.type);
   if (!name) return undefined;
-  const { orderId: _orderId, occurredAt, ...data } = event.data;
-  const at = sourceTime(occurredAt) ?? sourceTime(event.recordedAt) ?? '';
+  return [name, sectionAt(event, name, sourceTime(event.data.occurredAt) ?? sourceTime(event.recordedAt) ?? '')];
+}
+
+/** An event's section, given its name and its time (sectionOf; orderSummaryPartial knows the time). */
+function sectionAt(event: Pick<StoredEvent, 'id' | 'type' | 'data' | 'streamPosition'>, name: SectionName, at: string): Section {
+  const { orderId: _orderId, occurredAt: _occurredAt, ...data } = event.data;
   const order = name === 'decision' ? `p${String(event.streamPosition).padStart(15, '0')}` : `${at}|${event.id}`;
-  return [name, { at, eventId: event.id, type: event.type, data, order }];
+  return { at, eventId: event.id, type: event.type, data, order };
 }
 
 /** The newer of two sections by their `order` key (byte order, as the SQL merge compares it). */
@@ -268,12 +280,11 @@ function mergeFunctionSql(table: string, code: string): string {
  */
 function orderSummaryPartial(event: PendingEvent): (JsonObject & { code: string }) | undefined {
   const orderId = orderIdOf(event.streamId);
-  if (orderId === undefined || !Object.hasOwn(ORDER_SECTIONS, event.type)) return undefined;
-  const name = ORDER_SECTIONS[event.type as OrderEventType];
-  if (sourceTime(event.data.occurredAt) === undefined) return undefined;
+  const name = sectionNameOf(event.type);
+  const at = sourceTime(event.data.occurredAt);
+  if (orderId === undefined || name === undefined || at === undefined) return undefined;
   if (name === 'decision' && event.streamPosition === undefined) return undefined;
-  const [, section] = sectionOf({ ...event, streamPosition: event.streamPosition ?? 0, globalPosition: 0, recordedAt: '' })!;
-  return { code: ORDER_SUMMARY_CODE, orderId, sections: { [name]: section } };
+  return { code: ORDER_SUMMARY_CODE, orderId, sections: { [name]: sectionAt({ ...event, streamPosition: event.streamPosition ?? 0 }, name, at) } };
 }
 
 export const orderSummary: ProjectionDefinition = {

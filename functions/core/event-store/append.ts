@@ -75,7 +75,8 @@ export async function appendToStream(
   }));
   const idsFromCaller = validated.some((e) => e.idFromCaller);
   // A one-event append carries the documents its writer can compute (inlinePartial); the function
-  // merges each into the live version whose code computed it, and applies in SQL otherwise.
+  // merges each into the live version when that version's functions are of the same code, and
+  // applies in SQL otherwise (migration 010).
   const one = rows.length === 1 ? rows[0]! : undefined;
   const feeds = inline.map((p) => {
     const partial =
