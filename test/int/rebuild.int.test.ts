@@ -98,7 +98,7 @@ describe('inline projection', () => {
     expect(row?.sections.payment?.data).toMatchObject({ marked: true });
     expect(row?.sections.shipping?.data).toMatchObject({ marked: true });
     expect(row?.events_applied).toBe(2);
-    expect(await mergeDispatchBody()).toContain(`${mergeFunctionFor(table)}(p_partial, p_event)`);
+    expect(await dispatchBody('ledgerline_merge_version')).toContain(`${mergeFunctionFor(table)}(p_partial, p_event)`);
     await recompute(table, id);
   });
 
@@ -176,12 +176,6 @@ describe('inline projection', () => {
   });
 });
 
-/** The body of the append's dispatch to each version's merge function (migration 010). */
-async function mergeDispatchBody(): Promise<string> {
-  const [row] = await db.query<{ src: string }>(`select prosrc as src from pg_proc where proname = 'ledgerline_merge_version'`);
-  return row?.src ?? '';
-}
-
 /** An order's document computed again in SQL from the log, so the marked ones leave no trace for other tests. */
 async function recompute(table: string, orderId: string): Promise<void> {
   await db.query(`delete from ${ident(table)} where order_id = $1`, [orderId]);
@@ -216,9 +210,9 @@ function markingWriter(other: { code?: string; orderId?: string } = {}): Project
   };
 }
 
-/** The body of the append's dispatch to each version's apply function (migration 008). */
-async function dispatchBody(): Promise<string> {
-  const [row] = await db.query<{ src: string }>(`select prosrc as src from pg_proc where proname = 'ledgerline_apply_version'`);
+/** The body of the append's dispatch to each version's apply function (migration 008), or merge function (010). */
+async function dispatchBody(dispatch = 'ledgerline_apply_version'): Promise<string> {
+  const [row] = await db.query<{ src: string }>('select prosrc as src from pg_proc where proname = $1', [dispatch]);
   return row!.src;
 }
 
@@ -231,7 +225,7 @@ describe('rebuild', () => {
     expect(await liveTable()).toBe(before);
     // Start made the new version's function, and the dispatch names it before it can go live.
     expect(await dispatchBody()).toContain(`${applyFunctionFor(tableFor('order_summary', rebuild.version))}(p_events)`);
-    expect(await mergeDispatchBody()).toContain(`${mergeFunctionFor(tableFor('order_summary', rebuild.version))}(p_partial, p_event)`);
+    expect(await dispatchBody('ledgerline_merge_version')).toContain(`${mergeFunctionFor(tableFor('order_summary', rebuild.version))}(p_partial, p_event)`);
     const replayed = await replay(db, orderSummary, lease, { batchSize: 7 });
     expect(replayed.done).toBe(true);
     const progress = await getRebuildProgress(db, 'order_summary', lease.rebuildId);
