@@ -21,7 +21,7 @@ import {
 import { drainBatch } from '../../functions/core/rebuild/drain.ts';
 import { readRebuild } from '../../functions/core/rebuild/lease.ts';
 import type { Db } from '../../functions/db/types.ts';
-import { orderSummary, readOrderSummaryRows } from '../../functions/domain/order-summary.ts';
+import { orderSummary, readOrderSummaryRows, sectionOf } from '../../functions/domain/order-summary.ts';
 import { diffOrderSummary, expectReadModelMatchesLog, prng, randomOrderEvent } from '../support/orders.ts';
 import { createTestDatabase, type TestDatabase } from '../support/test-db.ts';
 
@@ -132,6 +132,8 @@ describe('inline projection', () => {
     expect(orderSummary.inlinePartial!({ id: randomUUID(), streamId: 'customer-1', type: 'PaymentProcessed', data: { occurredAt: '2026-01-01T10:00:00Z' }, metadata: {}, streamPosition: 1 })).toBeUndefined();
     // Not a type of the projection's, even one that names an inherited property of its section map.
     for (const type of ['PaymentRefunded', 'toString', '__proto__']) expect(pending(type, { occurredAt: '2026-01-01T10:00:00Z' }, 3)).toBeUndefined();
+    // Nor does the JS twin's fold read a section from such a type (the SQL joins on its own types).
+    expect(sectionOf({ id: randomUUID(), streamId: stream, type: 'toString', data: { orderId: id }, metadata: {}, streamPosition: 1, globalPosition: 1, recordedAt: '2026-01-01T10:00:00.000Z' })).toBeUndefined();
 
     const writer = { projections: [markingWriter()] };
     await appendToStream(db, stream, [payment(id, '2026-02-30T10:00:00Z')], writer);
