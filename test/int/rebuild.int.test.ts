@@ -475,6 +475,40 @@ describe('rebuild', () => {
     expect(id).toBeDefined();
   });
 
+  it("has a rebuilding version's apply and merge called by its writers before the flip, now and then (step 9b, migrations 005 and 010)", async () => {
+    const { lease, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'w-9b' });
+    await startRebuild(db, orderSummary, lease);
+    const table = tableFor('order_summary', rebuild.version);
+    const functions = [applyFunctionFor(table), mergeFunctionFor(table)];
+    // One connection, one transaction that is rolled back: the calls are this transaction's own
+    // (pg_stat_xact_user_functions), and random() is seeded, so step 9b's draw (about one append
+    // in 50) makes the same calls on every run. One-event payments carry partials, so the merge is
+    // called as well as the apply.
+    let calls: Record<string, number> = {};
+    const rollback = new Error('rolled back: the count is all this transaction is for');
+    await expect(
+      db.transaction(async (tx) => {
+        await tx.query(`set local track_functions = 'pl'`);
+        await tx.query('select setseed(0.25)');
+        const id = randomUUID().slice(0, 8);
+        for (let i = 0; i < 200; i++) await appendToStream(tx, `order-${id}`, [payment(id, '2026-01-01T10:00:00.000Z')], { projections });
+        const rows = await tx.query<{ funcname: string; calls: number }>(
+          'select funcname, calls::int as calls from pg_stat_xact_user_functions where funcname = any ($1)',
+          [functions],
+        );
+        calls = Object.fromEntries(rows.map((r) => [r.funcname, r.calls]));
+        throw rollback;
+      }),
+    ).rejects.toBe(rollback);
+    // A function never called has no row.
+    const callsOf = (name: string) => calls[name] ?? 0;
+    expect(callsOf(applyFunctionFor(table))).toBeGreaterThan(0);
+    expect(callsOf(mergeFunctionFor(table))).toBeGreaterThan(0);
+    // Drawn, not every time: the rebuilding version's rows are written by the replay, not these calls.
+    expect(callsOf(mergeFunctionFor(table))).toBeLessThan(50);
+    await cancelRebuild(db, orderSummary, lease.rebuildId);
+  });
+
   it('refuses to cancel an in-place rebuild once its table was truncated', async () => {
     const { lease } = await acquireRebuild(db, orderSummary, { owner: 'w1', mode: 'in-place' });
     await startRebuild(db, orderSummary, lease);
