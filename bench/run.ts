@@ -7,6 +7,7 @@ import { createPostgresDb } from '../functions/db/postgres.ts';
 import { orderSummary } from '../functions/domain/order-summary.ts';
 import { startEmbeddedPostgres, type RunningPostgres } from '../functions/local/embedded-postgres.ts';
 import { fmt, freshDatabase, range, stats } from './lib.ts';
+import { instructionsRun, type InstructionsResult } from './instructions.ts';
 import { appendRun, flipRun, lagRun, replayRun, seedLog, type AppendResult } from './scenarios.ts';
 
 /**
@@ -26,7 +27,7 @@ const { values: args } = parseArgs({
     'hold-seconds': { type: 'string', default: '10' },
     quick: { type: 'boolean', default: false },
     // A subset, for trying a change: e.g. --scenarios lag (the report then shows only those).
-    scenarios: { type: 'string', default: 'append,replay,flip,lag' },
+    scenarios: { type: 'string', default: 'append,replay,flip,lag,instructions' },
     out: { type: 'string', default: 'bench/RESULTS.md' },
   },
 });
@@ -113,7 +114,15 @@ try {
     }
   }
 
-  writeFileSync(args.out, report({ version, settings, append, replays, flips, lags }));
+  // 5. Server instructions per append (callgrind; its own server, whatever DATABASE_URL says).
+  let instructions: InstructionsResult | { skipped: string } | undefined;
+  if (only.has('instructions')) {
+    instructions = await instructionsRun(300, quick ? 600 : 1300);
+    if ('skipped' in instructions) log(`instructions: skipped, ${instructions.skipped}`);
+    else for (const row of instructions.rows) log(`instructions ${row.name}: ${fmt(row.perAppend)} per append`);
+  }
+
+  writeFileSync(args.out, report({ version, settings, append, replays, flips, lags, instructions }));
   log(`wrote ${args.out}`);
 } finally {
   await embedded?.stop();
@@ -126,6 +135,7 @@ function report(r: {
   replays: Array<{ ledgerline: number; setBased: number; rowByRow: number; rowByRowEvents: number; wholeRebuildMs: number }>;
   flips: Array<{ steadyP99: number; steadyMax: number; steadyCount: number; phaseP99: number; phaseMax: number; phaseCount: number; duringP99: number; duringCount: number; flipAttempts: number; rebuilds: number }>;
   lags: Map<string, Array<{ p50: number; p99: number; max: number; events: number }>>;
+  instructions?: InstructionsResult | { skipped: string };
 }): string {
   const pkg = (name: string, dir = 'node_modules') => {
     try {
@@ -226,6 +236,17 @@ function report(r: {
   lines.push('', `The xmin-horizon reader is the same projector with \`breakages.asyncXminHorizon\` on: it reads only events whose transaction is below the snapshot's xmin, so everything behind the held transaction waits for it.`, '');
   targets.push(`| async lag unaffected by the held transaction (p99 within 2× of the no-hold baseline, and far below the hold) | ${fmt(gapP99)} ms vs ${fmt(baseP99)} ms (xmin reader p50 ${fmt(xminP50)} ms) | ${met(gapP99 <= Math.max(2 * baseP99, baseP99 + 50) && gapP99 < P.holdMs / 10)} |`);
 
+  }
+  if (r.instructions) {
+  lines.push('## 5. Server instructions per append', '');
+  if ('skipped' in r.instructions) {
+    lines.push(`Skipped: ${r.instructions.skipped}.`, '');
+  } else {
+    const raw = r.instructions.rows.find((x) => x.name === 'raw')!.perAppend;
+    lines.push('| | instructions per append | / raw |', '| --- | --- | --- |');
+    for (const row of r.instructions.rows) lines.push(`| ${row.what} | ${fmt(row.perAppend)} | ${fmt(row.perAppend / raw, 2)} |`);
+    lines.push('', `Counted by callgrind (${r.instructions.valgrind}): one backend in single-user mode, its own server with the same migrations, one-event appends as prepared statements with the parameters the bench's clients send (captured from \`appendToStream\`), each its own transaction; per append over ${fmt(r.instructions.appends)} appends to order streams that already exist. A count, not a time: it depends on the binaries and the inputs, not on the machine's other load (two runs differed by 0.1% at most), where appends/s moves by tens of percent between runs on a shared VM. Every row includes reading and parsing its EXECUTE line, which the wire protocol does not do; none includes waits (the commit's fsync), other backends or the client.`, '');
+  }
   }
   lines.push('## Targets', '');
   lines.push('| target | measured (median) | |', '| --- | --- | --- |', ...targets, '');

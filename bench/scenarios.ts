@@ -1,6 +1,7 @@
 import { acquireProjectorLease, projectBatch } from '../functions/core/async/projector.ts';
 import { breakages, resetBreakages } from '../functions/core/breakages.ts';
 import { appendToStream } from '../functions/core/event-store/index.ts';
+import type { NewEvent } from '../functions/core/event-store/types.ts';
 import { ensureProjection } from '../functions/core/projections/ensure.ts';
 import { acquireRebuild, continueRebuild, replay, startRebuild } from '../functions/core/rebuild/index.ts';
 import type { Db } from '../functions/db/types.ts';
@@ -72,6 +73,33 @@ async function measuredLoop(concurrency: number, durationMs: number, op: (w: num
   };
 }
 
+/** The raw baseline's tables: the events and the summary, with no stream table and no projection versions. */
+export async function createRawTables(db: Db): Promise<void> {
+  await db.query(`create table raw_events (
+    global_position bigint generated always as identity primary key, stream_id text not null, stream_position bigint not null,
+    event_id uuid not null unique, type text not null, data jsonb not null, metadata jsonb not null default '{}',
+    recorded_at timestamptz not null default now(), unique (stream_id, stream_position))`);
+  await db.query(`create table raw_order_summary (${ORDER_SUMMARY_COLUMNS})`);
+}
+
+/**
+ * The raw baseline's append: one statement, autocommit, that inserts the event and upserts the
+ * summary with the document its client computed. No stream table, no concurrency check beyond the
+ * unique index, no locks: the physical floor.
+ */
+export const RAW_APPEND_STATEMENT = `with ins as (
+    insert into raw_events (stream_id, stream_position, event_id, type, data) values ($1, $2::bigint, $3::uuid, $4, $5::jsonb)
+    returning global_position)
+  insert into raw_order_summary as cur (order_id, sections, events_applied, last_global_position)
+  select $6, $7::jsonb, 1, global_position from ins
+  on conflict (order_id) do update set ${ORDER_SUMMARY_MERGE}`;
+
+/** RAW_APPEND_STATEMENT's parameters for `event`, the `version`-th of order `orderId`'s stream. */
+export function rawAppendParams(orderId: string, version: number, event: NewEvent & { id: string }): unknown[] {
+  const { name, doc } = sectionDoc(event as { id: string; type: string; data: Record<string, unknown> });
+  return [`order-${orderId}`, version, event.id, event.type, JSON.stringify(event.data), orderId, JSON.stringify({ [name]: doc })];
+}
+
 /**
  * Scenario 1. One system, one concurrency, one repetition, on a fresh database: `concurrency`
  * closed loops, each appending one event at a time to its own 50 order streams, for `durationMs`.
@@ -91,27 +119,15 @@ export async function appendRun(system: 'ledgerline' | 'raw' | 'raw-tx' | 'emmet
       });
     }
     if (system === 'raw' || system === 'raw-tx') {
-      await d.db.query(`create table raw_events (
-        global_position bigint generated always as identity primary key, stream_id text not null, stream_position bigint not null,
-        event_id uuid not null unique, type text not null, data jsonb not null, metadata jsonb not null default '{}',
-        recorded_at timestamptz not null default now(), unique (stream_id, stream_position))`);
-      await d.db.query(`create table raw_order_summary (${ORDER_SUMMARY_COLUMNS})`);
+      await createRawTables(d.db);
       const versions = new Map<string, number>();
-      // One statement per append, autocommit: insert the event and upsert the summary. No stream
-      // table, no concurrency check beyond the unique index, no locks: the physical floor.
-      const statement = `with ins as (
-          insert into raw_events (stream_id, stream_position, event_id, type, data) values ($1, $2::bigint, $3::uuid, $4, $5::jsonb)
-          returning global_position)
-        insert into raw_order_summary as cur (order_id, sections, events_applied, last_global_position)
-        select $6, $7::jsonb, 1, global_position from ins
-        on conflict (order_id) do update set ${ORDER_SUMMARY_MERGE}`;
+      const statement = RAW_APPEND_STATEMENT;
       return await measuredLoop(concurrency, durationMs, (w, i) => {
         const orderId = streamOf(w, i);
         const event = orderEvent(randoms[w]!, orderId, i);
         const version = (versions.get(orderId) ?? 0) + 1;
         versions.set(orderId, version);
-        const { name, doc } = sectionDoc(event as { id: string; type: string; data: Record<string, unknown> });
-        const params = [`order-${orderId}`, version, event.id, event.type, JSON.stringify(event.data), orderId, JSON.stringify({ [name]: doc })];
+        const params = rawAppendParams(orderId, version, event);
         // raw-tx: the same statement inside BEGIN … COMMIT, which is what an append that composes
         // with the caller's other writes needs; it shows what the explicit transaction costs alone.
         return system === 'raw' ? d.db.query(statement, params) : d.db.transaction((tx) => tx.query(statement, params));

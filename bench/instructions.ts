@@ -1,0 +1,182 @@
+import { spawnSync } from 'node:child_process';
+import { chmodSync, closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { arch, platform, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { appendToStream } from '../functions/core/event-store/index.ts';
+import type { ProjectionDefinition } from '../functions/core/projections/definition.ts';
+import { ensureProjection } from '../functions/core/projections/ensure.ts';
+import { migrate } from '../functions/db/migrate.ts';
+import { loadMigrations } from '../functions/db/migrations-dir.ts';
+import { createPostgresDb } from '../functions/db/postgres.ts';
+import type { Tx } from '../functions/db/types.ts';
+import { orderSummary } from '../functions/domain/order-summary.ts';
+import { startEmbeddedPostgres } from '../functions/local/embedded-postgres.ts';
+import { orderEvent, prng } from './lib.ts';
+import { RAW_APPEND_STATEMENT, createRawTables, rawAppendParams } from './scenarios.ts';
+
+/**
+ * Scenario 5: the server's instructions per append, counted by callgrind. Appends/s on a shared
+ * two-core VM moves by tens of percent from one run to the next; an instruction count depends on the
+ * binaries and the inputs, not on what else the machine does (two runs on one machine differed by
+ * 0.1% at most: the event ids are random, so the index pages they land on differ), so it compares
+ * variants that differ by a few percent, and says where the server's work goes.
+ *
+ * One backend (PostgreSQL's single-user mode, under valgrind) runs one-event appends as prepared
+ * statements, each its own transaction, as the bench's clients send them: the same statement text
+ * and the same parameters, captured from `appendToStream` itself (ledgerline) or built by the raw
+ * baseline's own function. Per append: (count of `long` appends − count of `short` appends) /
+ * (long − short), so that starting and stopping the backend cancel out; the difference is appends
+ * to order streams that already exist, the bench's common case (each order has 300 streams here,
+ * and the short run creates them all).
+ *
+ * What the count includes that a server behind the wire protocol does not do: reading each
+ * EXECUTE line and parsing its literals (the wire protocol's Bind sends the parameters without a
+ * statement to parse). Every row pays it, baseline included. What it leaves out: waits (the
+ * commit's fsync is a system call, not instructions), other backends, and the client.
+ */
+export interface InstructionsResult {
+  rows: Array<{ name: string; what: string; perAppend: number }>;
+  appends: number;
+  valgrind: string;
+}
+
+const ORDERS = 300;
+
+/** The variants: the bench's append, the same with less of the protocol's work, and the raw baseline. */
+const VARIANTS: Array<{ name: string; what: string; projections?: ProjectionDefinition[] }> = [
+  { name: 'raw', what: 'raw SQL: the bench baseline statement (insert the event, upsert the summary with the client’s document)' },
+  {
+    name: 'ledgerline',
+    what: 'ledgerline_append with order_summary inline, the document computed by the writer and merged (the bench’s append)',
+    projections: [orderSummary],
+  },
+  {
+    name: 'ledgerline, document in SQL',
+    what: 'the same, the document computed in SQL (a writer that sends none: before migration 010, or when it cannot compute it)',
+    projections: [{ ...orderSummary, inlinePartial: undefined }],
+  },
+  {
+    name: 'ledgerline, no projection',
+    what: 'ledgerline_append with no inline projection: the stream row, the insert and the timeouts, no projection lock, state read or upsert',
+    projections: [],
+  },
+];
+
+/** `{ skipped }` with the reason when it cannot run here (no valgrind). */
+export async function instructionsRun(short = 300, long = 1300): Promise<InstructionsResult | { skipped: string }> {
+  const version = spawnSync('valgrind', ['--version'], { encoding: 'utf8' });
+  if (version.status !== 0) return { skipped: 'valgrind is not installed here' };
+  const { postgres } = (await import(`@embedded-postgres/${platform()}-${arch()}`)) as { postgres: string };
+
+  // A server of its own, stopped before the count: single-user mode needs its data folder alone.
+  const dir = mkdtempSync(join(tmpdir(), 'ledgerline-instructions-'));
+  chmodSync(dir, 0o777); // the server runs as the `postgres` user when we are root
+  try {
+    const dataDir = join(dir, 'data');
+    const server = await startEmbeddedPostgres({ dataDir });
+    const scripts = new Map<string, string[]>();
+    try {
+      const db = createPostgresDb({ url: server.url, max: 2 });
+      try {
+        await migrate(db, loadMigrations());
+        await ensureProjection(db, orderSummary);
+        await createRawTables(db);
+      } finally {
+        await db.close();
+      }
+      for (const v of VARIANTS) for (const n of [short, long]) scripts.set(`${v.name}:${n}`, await script(v, n));
+    } finally {
+      await server.stop();
+    }
+
+    const owner = process.getuid?.() === 0 ? postgresUser() : {};
+    const count = (name: string, n: number): number => {
+      const input = join(dir, `input-${n}.sql`);
+      writeFileSync(input, scripts.get(`${name}:${n}`)!.join('\n') + '\n');
+      const out = join(dir, `callgrind-${n}.out`);
+      const fd = openSync(input, 'r');
+      try {
+        const run = spawnSync('valgrind', ['--tool=callgrind', `--callgrind-out-file=${out}`, postgres, '--single', '-D', dataDir, 'postgres'], {
+          ...owner,
+          stdio: [fd, 'ignore', 'pipe'],
+          encoding: 'utf8',
+          maxBuffer: 64 * 1024 * 1024,
+        });
+        const error = /ERROR:.*/.exec(run.stderr ?? '');
+        if (run.status !== 0 || error) throw new Error(`${name}: single-user backend failed: ${error?.[0] ?? run.stderr?.slice(-500)}`);
+        const total = /^(?:summary|totals):\s+(\d+)/m.exec(readFileSync(out, 'utf8'));
+        if (!total) throw new Error(`${name}: no total in ${out}`);
+        return Number(total[1]);
+      } finally {
+        closeSync(fd);
+        rmSync(out, { force: true });
+      }
+    };
+    const rows = VARIANTS.map((v) => ({ name: v.name, what: v.what, perAppend: (count(v.name, long) - count(v.name, short)) / (long - short) }));
+    return { rows, appends: long - short, valgrind: version.stdout.trim() };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The lines single-user mode reads: a PREPARE of the statement, then one EXECUTE per append, with
+ * the parameters as literals. Each variant has orders of its own (no append conflicts with an
+ * earlier run's).
+ */
+async function script(v: (typeof VARIANTS)[number], n: number): Promise<string[]> {
+  const random = prng(n);
+  const lines: string[] = [];
+  const tag = `${VARIANTS.indexOf(v)}-${n}`;
+  if (v.name === 'raw') {
+    lines.push(`prepare a(text, bigint, uuid, text, jsonb, text, jsonb) as ${oneLine(RAW_APPEND_STATEMENT)};`);
+    const versions = new Map<string, number>();
+    for (let i = 0; i < n; i++) {
+      const orderId = `${tag}-${i % ORDERS}`;
+      const version = (versions.get(orderId) ?? 0) + 1;
+      versions.set(orderId, version);
+      lines.push(`execute a(${rawAppendParams(orderId, version, orderEvent(random, orderId, i)).map(literal).join(', ')});`);
+    }
+    return lines;
+  }
+  for (let i = 0; i < n; i++) {
+    const orderId = `${tag}-${i % ORDERS}`;
+    const { type, data } = orderEvent(random, orderId, i);
+    const { text, params } = await captured((tx) => appendToStream(tx, `order-${orderId}`, [{ type, data }], { projections: v.projections! }));
+    if (i === 0) lines.push(`prepare a as ${oneLine(text)};`);
+    lines.push(`execute a(${params.map(literal).join(', ')});`);
+  }
+  return lines;
+}
+
+/** The statement and parameters `append` sends, answered as a first append that inserted its event. */
+async function captured(append: (tx: Tx) => Promise<unknown>): Promise<{ text: string; params: readonly unknown[] }> {
+  let sent: { text: string; params: readonly unknown[] } | undefined;
+  const tx: Tx = {
+    async query<T extends object>(text: string, params: readonly unknown[] = []): Promise<T[]> {
+      if (sent) throw new Error('the append sent a second statement; this count assumes one');
+      sent = { text, params };
+      return [{ r: { current: 0, stored: [], inserted: [{ global_position: 1, stream_position: 1, recorded_at: '' }], states: [] } }] as T[];
+    },
+  };
+  await append(tx);
+  return sent!;
+}
+
+const oneLine = (sql: string) => sql.replace(/\s+/g, ' ').trim();
+
+function literal(value: unknown): string {
+  if (value === null || value === undefined) return 'null';
+  if (typeof value === 'boolean' || typeof value === 'number') return String(value);
+  if (typeof value === 'string') {
+    // Single-user mode ends a statement at a newline; JSON text escapes its own.
+    if (value.includes('\n')) throw new Error('a parameter with a newline cannot be sent on one line');
+    return `'${value.replace(/'/g, "''")}'`;
+  }
+  throw new Error(`no literal for ${typeof value}`);
+}
+
+function postgresUser(): { uid: number; gid: number } {
+  const id = (flag: string) => Number(spawnSync('id', [flag, 'postgres'], { encoding: 'utf8' }).stdout.trim());
+  return { uid: id('-u'), gid: id('-g') };
+}
