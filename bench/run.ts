@@ -119,7 +119,10 @@ try {
   if (only.has('instructions')) {
     instructions = await instructionsRun(300, quick ? 600 : 1300);
     if ('skipped' in instructions) log(`instructions: skipped, ${instructions.skipped}`);
-    else for (const row of instructions.rows) log(`instructions ${row.name}: ${fmt(row.perAppend)} per append`);
+    else {
+      for (const row of instructions.rows) log(`instructions ${row.name}: ${fmt(row.perAppend)} per append`);
+      log(`instructions ledgerline, again: ${fmt(instructions.again)} per append`);
+    }
   }
 
   writeFileSync(args.out, report({ version, settings, append, replays, flips, lags, instructions }));
@@ -243,9 +246,10 @@ function report(r: {
     lines.push(`Skipped: ${r.instructions.skipped}.`, '');
   } else {
     const raw = r.instructions.rows.find((x) => x.name === 'raw')!.perAppend;
+    const ledgerlineCount = r.instructions.rows.find((x) => x.name === 'ledgerline')!.perAppend;
     lines.push('| | instructions per append | / raw |', '| --- | --- | --- |');
     for (const row of r.instructions.rows) lines.push(`| ${row.what} | ${fmt(row.perAppend)} | ${fmt(row.perAppend / raw, 2)} |`);
-    lines.push('', `Counted by callgrind (${r.instructions.valgrind}): one backend in single-user mode, its own server with the same migrations, one-event appends as prepared statements with the parameters the bench's clients send (captured from \`appendToStream\`), each its own transaction; per append over ${fmt(r.instructions.appends)} appends to order streams that already exist. A count, not a time: it depends on the binaries and the inputs, not on the machine's other load (two runs differed by 0.1% at most), where appends/s moves by tens of percent between runs on a shared VM. Every row includes reading and parsing its EXECUTE line, which the wire protocol does not do; none includes waits (the commit's fsync), other backends or the client.`, '');
+    lines.push('', `Counted by callgrind (${r.instructions.valgrind}): one backend in single-user mode, its own server with the same migrations, one-event appends as prepared statements with the parameters the bench's clients send (captured from \`appendToStream\`), each its own transaction; per append over ${fmt(r.instructions.appends)} appends to order streams that already exist. A count, not a time: it depends on the binaries and the inputs, not on the machine's other load, where appends/s moves by tens of percent between runs on a shared VM. The bench's append, counted again after the other rows on orders of its own: ${fmt(r.instructions.again)}, ${fmt((100 * Math.abs(r.instructions.again - ledgerlineCount)) / ledgerlineCount, 2)}% from the first count. Every row includes reading and parsing its EXECUTE line, which the wire protocol does not do; none includes waits (the commit's fsync), other backends or the client.`, '');
   }
   }
   lines.push('## Targets', '');
