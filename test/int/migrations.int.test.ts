@@ -3,6 +3,7 @@ import { checksum, migrate, type Migration } from '../../functions/db/migrate.ts
 import { loadMigrations } from '../../functions/db/migrations-dir.ts';
 import { createTestDatabase, type TestDatabase } from '../support/test-db.ts';
 import { appendToStream } from '../../functions/core/event-store/index.ts';
+import { ensureProjection } from '../../functions/core/projections/ensure.ts';
 import { orderSummary, readOrderSummaryRows } from '../../functions/domain/order-summary.ts';
 
 const created: TestDatabase[] = [];
@@ -51,6 +52,59 @@ describe('migrations', () => {
     expect(dispatch!.src).toContain('order_summary_v1_apply(p_events)');
     await appendToStream(t.db, 'order-u1', [{ type: 'PaymentProcessed', data: { orderId: 'u1', amount: 1 } }], { projections: [orderSummary] });
     expect((await readOrderSummaryRows(t.db, 'order_summary_v1')).map((r) => [r.order_id, r.events_applied])).toEqual([['u1', 1]]);
+  });
+
+  // 011 changes the types of columns of the log. A rewrite would hold ACCESS EXCLUSIVE on `events`
+  // for as long as copying it takes (and rebuild its indexes): a new relfilenode is that rewrite.
+  it('upgrades a log in use to 011\'s domains without rewriting events, streams or an index of theirs', async () => {
+    const t = await fresh();
+    const files = loadMigrations();
+    await migrate(t.db, files.filter((f) => f.name < '011'));
+    await ensureProjection(t.db, orderSummary);
+    const data = (amount: number) => ({ orderId: 'm1', occurredAt: '2026-01-01T00:00:00.000Z', amount });
+    await appendToStream(t.db, 'order-m1', [{ type: 'PaymentProcessed', data: data(1) }, { type: 'PaymentProcessed', data: data(2) }], {
+      projections: [orderSummary],
+    });
+    const storage = () =>
+      t.db.query<{ relname: string; relfilenode: string }>(
+        `select c.relname, c.relfilenode::text from pg_class as c
+          where c.oid in ('events'::regclass, 'streams'::regclass)
+             or c.oid in (select indexrelid from pg_index where indrelid in ('events'::regclass, 'streams'::regclass))
+          order by c.relname`,
+      );
+    const before = await storage();
+    expect(before.map((r) => r.relname)).toEqual(
+      ['events', 'events_event_id_key', 'events_pkey', 'events_stream_position_key', 'streams', 'streams_pkey'],
+    );
+    expect(await migrate(t.db, files)).toEqual(files.filter((f) => f.name >= '011').map((f) => f.name));
+    expect(await storage()).toEqual(before);
+
+    const types = await t.db.query<{ col: string; type: string }>(
+      `select table_name || '.' || column_name as col, domain_name as type from information_schema.columns
+        where (table_name, column_name) in (('events', 'stream_position'), ('events', 'data'), ('events', 'metadata'), ('streams', 'version'))
+        order by 1`,
+    );
+    expect(types).toEqual([
+      { col: 'events.data', type: 'event_json_object' },
+      { col: 'events.metadata', type: 'event_json_object' },
+      { col: 'events.stream_position', type: 'event_stream_position' },
+      { col: 'streams.version', type: 'stream_version' },
+    ]);
+    // The rows stored before read as before, and the stream goes on from its version.
+    const result = await appendToStream(t.db, 'order-m1', [{ type: 'PaymentProcessed', data: data(3) }], {
+      expectedVersion: 2,
+      projections: [orderSummary],
+    });
+    expect(result.streamVersion).toBe(3);
+    const rows = await t.db.query<{ stream_position: number; amount: number }>(
+      "select stream_position, (data->>'amount')::int as amount from events where stream_id = 'order-m1' order by 1",
+    );
+    expect(rows).toEqual([
+      { stream_position: 1, amount: 1 },
+      { stream_position: 2, amount: 2 },
+      { stream_position: 3, amount: 3 },
+    ]);
+    expect((await readOrderSummaryRows(t.db, 'order_summary_v1')).map((r) => [r.order_id, r.events_applied])).toEqual([['m1', 3]]);
   });
 
   it('applies each file exactly once when two processes migrate at the same time', async () => {

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
 import { createTestDatabase, type TestDatabase } from '../support/test-db.ts';
 
 let t: TestDatabase;
@@ -63,5 +64,43 @@ describe('the events schema', () => {
          values ('raw2', 1, gen_random_uuid(), 'Raw', '[1]')`,
       ),
     ).rejects.toMatchObject({ sqlState: '23514' });
+  });
+
+  // Since migration 011 these rules are the columns' domains: each must hold for every writer, by
+  // insert or update, as the table checks did. The one raw insert above and these fail when a
+  // domain loses its constraint.
+  it.each([
+    ['metadata that is not an object', `insert into events (stream_id, stream_position, event_id, type, data, metadata) values ('raw3', 1, gen_random_uuid(), 'Raw', '{}', '"x"')`, 'event_json_object_is_object'],
+    ['a stream position of 0', `insert into events (stream_id, stream_position, event_id, type, data) values ('raw4', 0, gen_random_uuid(), 'Raw', '{}')`, 'event_stream_position_positive'],
+    ['data made an array by an update', `update events set data = '[]' where stream_id = 'schema-u1'`, 'event_json_object_is_object'],
+    ['a negative stream version', `insert into streams (stream_id, version) values ('raw5', -1)`, 'stream_version_not_negative'],
+    ['a stream version made negative by an update', `update streams set version = version - 100 where stream_id = 'schema-s1'`, 'stream_version_not_negative'],
+  ])('refuses %s, from any writer', async (_what, statement, constraint) => {
+    await t.db.query(`insert into streams (stream_id, version) values ('schema-s1', 1) on conflict do nothing`);
+    await t.db.query(
+      `insert into events (stream_id, stream_position, event_id, type, data) values ('schema-u1', 1, gen_random_uuid(), 'Raw', '{}')
+       on conflict do nothing`,
+    );
+    await expect(t.db.query(statement)).rejects.toMatchObject({ sqlState: '23514', constraint });
+  });
+
+  it('refuses through ledgerline_append itself what the JS validation would have stopped, writing nothing', async () => {
+    const call = (events: string) =>
+      t.db.query(
+        `select ledgerline_append('schema-a1', $1::jsonb, null, '[]'::jsonb, false, '5000', '10000', false, false)`,
+        [events],
+      );
+    await expect(call(JSON.stringify([{ id: randomUUID(), type: 'T', data: [1], metadata: {} }]))).rejects.toMatchObject({
+      sqlState: '23514',
+      constraint: 'event_json_object_is_object',
+    });
+    await expect(call(JSON.stringify([{ id: randomUUID(), type: 'T', data: {}, metadata: 'x' }]))).rejects.toMatchObject({
+      sqlState: '23514',
+      constraint: 'event_json_object_is_object',
+    });
+    expect(await t.db.query("select 1 from streams where stream_id = 'schema-a1'")).toEqual([]);
+    expect(await t.db.query("select 1 from events where stream_id = 'schema-a1'")).toEqual([]);
+    await call(JSON.stringify([{ id: randomUUID(), type: 'T', data: {}, metadata: {} }]));
+    expect(await t.db.query("select version from streams where stream_id = 'schema-a1'")).toEqual([{ version: 1 }]);
   });
 });
