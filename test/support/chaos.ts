@@ -32,6 +32,12 @@ export interface ChaosOptions {
   slowDrainMs: number;
   /** Once per rebuild, a worker stalls inside a replay batch past its lease while another takes over. */
   zombie: boolean;
+  /**
+   * Share of appends whose events carry ids of the caller's (as a retried external event does); the
+   * others get ids from the server. The two take different bodies of `ledgerline_append` for one
+   * event (migration 012), and the suite must break and check both.
+   */
+  callerIdShare: number;
   /** Share of appends held open after deciding, for holdMs, and share rolled back after writing. */
   holdShare: number;
   holdMs: [number, number];
@@ -54,6 +60,7 @@ export const DEFAULT_CHAOS: Omit<ChaosOptions, 'seed'> = {
   slowBatchMs: 10,
   slowDrainMs: 0,
   zombie: true,
+  callerIdShare: 0.5,
   holdShare: 0.08,
   holdMs: [20, 250],
   rollbackShare: 0.08,
@@ -119,7 +126,10 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
       const random = prng(o.seed * 1000 + n + 1);
       while (!stop) {
         const id = orderIds[Math.floor(random() * orderIds.length)]!;
-        const events = Array.from({ length: 1 + Math.floor(random() * 3) }, () => randomOrderEvent(random, id));
+        const withIds = random() < o.callerIdShare;
+        const events = Array.from({ length: 1 + Math.floor(random() * 3) }, () => randomOrderEvent(random, id)).map((e) =>
+          withIds ? e : { type: e.type, data: e.data },
+        );
         const roll = random();
         const hold = roll < o.holdShare ? o.holdMs[0] + random() * (o.holdMs[1] - o.holdMs[0]) : 0;
         const rollback = hold === 0 && roll < o.holdShare + o.rollbackShare;
