@@ -85,11 +85,18 @@ describe('the events schema', () => {
   });
 
   it('refuses through ledgerline_append itself what the JS validation would have stopped, writing nothing', async () => {
-    const call = (events: string) =>
+    // No inline projection: the general body; one: the one-event body (migration 012). Both insert
+    // through the columns' domains.
+    const call = (events: string, feeds = '[]') =>
       t.db.query(
-        `select ledgerline_append('schema-a1', $1::jsonb, null, '[]'::jsonb, false, '5000', '10000', false, false)`,
-        [events],
+        `select ledgerline_append('schema-a1', $1::jsonb, null, $2::jsonb, false, '5000', '10000', false, false)`,
+        [events, feeds],
       );
+    const oneFeed = JSON.stringify([{ name: 'schema_projection', types: ['T'], sql: true }]);
+    await expect(call(JSON.stringify([{ id: randomUUID(), type: 'T', data: [1], metadata: {} }]), oneFeed)).rejects.toMatchObject({
+      sqlState: '23514',
+      constraint: 'event_json_object_is_object',
+    });
     await expect(call(JSON.stringify([{ id: randomUUID(), type: 'T', data: [1], metadata: {} }]))).rejects.toMatchObject({
       sqlState: '23514',
       constraint: 'event_json_object_is_object',

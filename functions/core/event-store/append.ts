@@ -39,6 +39,10 @@ export const APPEND_TIMEOUTS = {
  *    Then each `live` version of a projection that applies in SQL applies the events, in the same
  *    call (migration 004); for a one-event append it merges instead the document this process
  *    computed (`inlinePartial`), when the version's functions are of the same code (migration 010).
+    The common shape, one event feeding one inline projection with an id from the server, runs a
+    body of its own with the same steps in fewer plpgsql expressions (migration 012); every other
+    shape runs 010's, as `ledgerline_append_general`. test/int/append-bodies.int.test.ts holds the
+    two to the same answers and rows; the fault-injection suite appends in both shapes.
  * 5. In JS: a version mismatch is a conflict; stored ids are a duplicate (the original result) or a
  *    conflict (in both cases the function inserted nothing); otherwise each `live` version of the
  *    other inline projections applies the events.
@@ -148,7 +152,7 @@ function usedByAnotherStream(events: readonly ValidatedEvent[]): DuplicateEventI
   return new DuplicateEventIdError(events.map((e) => e.id), 'an event id in this append is already used by another stream');
 }
 
-/** What `ledgerline_append` (migrations 003 to 008) returns. */
+/** What `ledgerline_append` (migrations 003 to 012) returns. */
 interface AppendOutcome {
   /** The stream's version when the function read it, under the stream lock. */
   current: number;

@@ -1,0 +1,127 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ensureProjection } from '../../functions/core/projections/ensure.ts';
+import { acquireRebuild, startRebuild } from '../../functions/core/rebuild/index.ts';
+import { orderSummary } from '../../functions/domain/order-summary.ts';
+import { createTestDatabase, type TestDatabase } from '../support/test-db.ts';
+
+/**
+ * Migration 012 gave the one-event append (one inline projection, ids from the server) a body of
+ * its own and kept 010's as `ledgerline_append_general`, which every other shape calls. Both must
+ * give the same answer and leave the same rows for the same append: each case here runs once
+ * through each body, on twin streams, while the projection's one version is live and again while a
+ * blue-green rebuild of it runs, and the outcomes are compared.
+ */
+let t: TestDatabase;
+beforeAll(async () => {
+  t = await createTestDatabase();
+  await ensureProjection(t.db, orderSummary);
+});
+afterAll(async () => t?.drop());
+
+type Body = 'ledgerline_append' | 'ledgerline_append_general';
+interface Case {
+  name: string;
+  /** Events appended to the stream first (through the same body). */
+  before: number;
+  expected: number | null;
+  type?: string;
+  feed?: { name?: string; sql?: boolean; partial?: boolean };
+}
+
+const CASES: Case[] = [
+  { name: 'a new stream, any version, the writer’s document', before: 0, expected: null },
+  { name: 'a stream with events, any version', before: 2, expected: null },
+  { name: 'the expected version', before: 1, expected: 1 },
+  { name: 'a new stream, expected 0, the document computed in SQL', before: 0, expected: 0, feed: { partial: false } },
+  { name: 'a wrong expected version', before: 2, expected: 7 },
+  { name: 'a new stream expected at version 5', before: 0, expected: 5 },
+  { name: 'a projection applied in JS (not in SQL)', before: 1, expected: null, feed: { sql: false, partial: false } },
+  { name: 'an event type the projection does not handle', before: 1, expected: null, type: 'OrderNoted' },
+  { name: 'a projection with no version', before: 0, expected: null, feed: { name: 'not_ensured', partial: false } },
+];
+
+async function call(body: Body, streamId: string, c: Case, expected: number | null) {
+  const id = randomUUID();
+  const orderId = streamId.slice('order-'.length);
+  const type = c.type ?? 'PaymentProcessed';
+  const data = { orderId, occurredAt: '2026-01-01T00:00:00.000Z', amount: 5, status: 'successful' };
+  const partial =
+    c.feed?.partial === false
+      ? undefined
+      : orderSummary.inlinePartial!({ id, streamId, type, data, metadata: {}, streamPosition: expected === null ? undefined : expected + 1 });
+  const feed = {
+    name: c.feed?.name ?? orderSummary.name,
+    types: orderSummary.eventTypes,
+    sql: c.feed?.sql ?? true,
+    ...(partial ? { partial } : {}),
+  };
+  const [row] = await t.db.query<{ r: AppendOutcome }>(
+    `select ${body}($1::text, $2::jsonb, $3::bigint, $4::jsonb, false, '5000', '10000', false, false) as r`,
+    [streamId, JSON.stringify([{ id, type, data, metadata: {} }]), expected, JSON.stringify([feed])],
+  );
+  return row!.r;
+}
+
+interface AppendOutcome {
+  current: number;
+  stored: unknown[];
+  inserted: Array<{ global_position: number; stream_position: number; recorded_at: string }>;
+  states: Array<{ name: string; version: number; state: string }>;
+}
+
+/** What one body's append of case `c` answered and left, with what differs between twins taken out. */
+async function outcome(body: Body, c: Case, tag: string) {
+  const streamId = `order-${tag}-${body === 'ledgerline_append' ? 'one' : 'general'}-${randomUUID().slice(0, 8)}`;
+  for (let i = 0; i < c.before; i++) await call(body, streamId, { ...c, type: undefined, feed: undefined }, i);
+  const r = await call(body, streamId, c, c.expected);
+  const positions = r.inserted.map((i) => i.global_position);
+  const skips = await t.db.query<{ projection: string; version: number }>(
+    'select projection, version from projection_skips where global_position = any($1::bigint[]) order by 1, 2',
+    [positions],
+  );
+  const [summary] = await t.db.query<{ events_applied: number; sections: string[] }>(
+    `select events_applied, array(select jsonb_object_keys(sections) order by 1) as sections from order_summary_v1 where order_id = $1`,
+    [streamId.slice('order-'.length)],
+  );
+  const [stream] = await t.db.query<{ version: number }>('select version from streams where stream_id = $1', [streamId]);
+  const [logged] = await t.db.query<{ n: number }>('select count(*)::int as n from events where stream_id = $1', [streamId]);
+  expect(r.inserted.every((i) => /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/.test(i.recorded_at))).toBe(true);
+  return {
+    current: r.current,
+    stored: r.stored,
+    inserted: r.inserted.map((i) => i.stream_position),
+    states: [...r.states].sort((a, b) => a.version - b.version),
+    skips,
+    summary: summary ?? null,
+    stream: stream?.version ?? null,
+    events: logged!.n,
+  };
+}
+
+describe('the one-event body and the general body of ledgerline_append', () => {
+  it.each(CASES)('answer and write the same while the version is live: $name', async (c) => {
+    const one = await outcome('ledgerline_append', c, 'live');
+    expect(one).toEqual(await outcome('ledgerline_append_general', c, 'live'));
+    if (c.name.startsWith('a new stream, any')) {
+      expect(one).toMatchObject({ current: 0, inserted: [1], skips: [], summary: { events_applied: 1 }, stream: 1, events: 1 });
+    }
+    if (c.expected === 5) expect(one).toMatchObject({ current: 0, inserted: [], stream: null, events: 0 });
+  });
+
+  describe('while a blue-green rebuild runs', () => {
+    beforeAll(async () => {
+      const { lease } = await acquireRebuild(t.db, orderSummary, { owner: 'append-bodies', mode: 'blue-green' });
+      await startRebuild(t.db, orderSummary, lease);
+    });
+
+    it.each(CASES)('answer and write the same: $name', async (c) => {
+      const one = await outcome('ledgerline_append', c, 'rebuilding');
+      expect(one).toEqual(await outcome('ledgerline_append_general', c, 'rebuilding'));
+      if (c.name.startsWith('a new stream, any')) {
+        expect(one.states.map((s) => s.state)).toEqual(['live', 'rebuilding']);
+        expect(one).toMatchObject({ skips: [{ projection: 'order_summary', version: 2 }], summary: { events_applied: 1 } });
+      }
+    });
+  });
+});
