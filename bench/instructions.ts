@@ -45,7 +45,7 @@ export interface InstructionsResult {
 const ORDERS = 300;
 
 /** The variants: the bench's append, the same with less of the protocol's work, and the raw baseline. */
-type Variant = { name: string; what: string; projections?: ProjectionDefinition[] };
+type Variant = { name: string; what: string; projections?: ProjectionDefinition[]; callerIds?: boolean };
 const VARIANTS: Variant[] = [
   { name: 'raw', what: 'raw SQL: the bench baseline statement (insert the event, upsert the summary with the client’s document)' },
   {
@@ -59,8 +59,14 @@ const VARIANTS: Variant[] = [
     projections: [{ ...orderSummary, inlinePartial: undefined }],
   },
   {
+    name: 'ledgerline, id from the caller',
+    what: 'the bench’s append with an event id of the caller’s (a retried external event): migration 010’s body, ledgerline_append_general, called by the one-event body (migration 012), which serves the rows above',
+    projections: [orderSummary],
+    callerIds: true,
+  },
+  {
     name: 'ledgerline, no projection',
-    what: 'ledgerline_append with no inline projection: the stream row, the insert and the timeouts, no projection lock, state read or upsert',
+    what: 'ledgerline_append with no inline projection (also the general body): the stream row, the insert and the timeouts, no projection lock, state read or upsert',
     projections: [],
   },
 ];
@@ -151,7 +157,8 @@ async function script(v: Variant, n: number, round: number): Promise<string[]> {
   for (let i = 0; i < n; i++) {
     const orderId = `${tag}-${i % ORDERS}`;
     const { type, data } = orderEvent(random, orderId, i);
-    const { text, params } = await captured((tx) => appendToStream(tx, `order-${orderId}`, [{ type, data }], { projections: v.projections! }));
+    const event = v.callerIds ? { id: seededUuid(random), type, data } : { type, data };
+    const { text, params } = await captured((tx) => appendToStream(tx, `order-${orderId}`, [event], { projections: v.projections! }));
     if (i === 0) lines.push(`prepare a as ${oneLine(text)};`);
     lines.push(`execute a(${params.map(literal).join(', ')});`);
   }
@@ -170,6 +177,12 @@ async function captured(append: (tx: Tx) => Promise<unknown>): Promise<{ text: s
   };
   await append(tx);
   return sent!;
+}
+
+/** A UUID drawn from `random`, so that every count of a variant inserts the same ids. */
+function seededUuid(random: () => number): string {
+  const hex = Array.from({ length: 32 }, () => Math.floor(random() * 16).toString(16)).join('');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-8${hex.slice(17, 20)}-${hex.slice(20)}`;
 }
 
 /** A statement on one line, as single-user mode reads them (the statements here hold no literal with a run of spaces). */
