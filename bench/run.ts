@@ -7,7 +7,7 @@ import { createPostgresDb } from '../functions/db/postgres.ts';
 import { orderSummary } from '../functions/domain/order-summary.ts';
 import { startEmbeddedPostgres, type RunningPostgres } from '../functions/local/embedded-postgres.ts';
 import { fmt, freshDatabase, range, stats } from './lib.ts';
-import { instructionsRun, type InstructionsResult } from './instructions.ts';
+import { SEEDED_EVENTS, instructionsRun, type InstructionsResult } from './instructions.ts';
 import { appendRun, flipRun, lagRun, replayRun, seedLog, type AppendResult } from './scenarios.ts';
 
 /**
@@ -249,7 +249,7 @@ function report(r: {
     const ledgerlineCount = r.instructions.rows.find((x) => x.name === 'ledgerline')!.perAppend;
     lines.push('| | instructions per append | / raw |', '| --- | --- | --- |');
     for (const row of r.instructions.rows) lines.push(`| ${row.what} | ${fmt(row.perAppend)} | ${fmt(row.perAppend / raw, 2)} |`);
-    lines.push('', `Counted by callgrind (${r.instructions.valgrind}): one backend in single-user mode, its own server with the same migrations, one-event appends as prepared statements with the parameters the bench's clients send (captured from \`appendToStream\`), each its own transaction; per append over ${fmt(r.instructions.appends)} appends to order streams that already exist. A count, not a time: it depends on the binaries and the inputs, not on the machine's other load, where appends/s moves by tens of percent between runs on a shared VM. The bench's append, counted again after the other rows on orders of its own: ${fmt(r.instructions.again)}, ${fmt((100 * Math.abs(r.instructions.again - ledgerlineCount)) / ledgerlineCount, 2)}% from the first count. Every row includes reading and parsing its EXECUTE line, which the wire protocol does not do; none includes waits (the commit's fsync), other backends or the client.`, '');
+    lines.push('', `Counted by callgrind (${r.instructions.valgrind}): one backend in single-user mode, its own server with the same migrations and ${fmt(SEEDED_EVENTS)} events already in each log, analysed (as autovacuum keeps a server in use; the appends' plans are made with those statistics), one-event appends as prepared statements with the parameters the bench's clients send (captured from \`appendToStream\`), each its own transaction; per append over ${fmt(r.instructions.appends)} appends to order streams that already exist. A count, not a time: it depends on the binaries and the inputs, not on the machine's other load, where appends/s moves by tens of percent between runs on a shared VM. The bench's append, counted again after the other rows on orders of its own: ${fmt(r.instructions.again)}, ${fmt((100 * Math.abs(r.instructions.again - ledgerlineCount)) / ledgerlineCount, 2)}% from the first count. Every row includes reading and parsing its EXECUTE line, which the wire protocol does not do; none includes waits (the commit's fsync), other backends or the client.`, '');
   }
   }
   lines.push('## Targets', '');
