@@ -22,12 +22,12 @@
 --    function is VOLATILE), as 010. An array subquery instead of jsonb_agg: the same array, without
 --    an aggregate's per-statement setup.
 -- 6. The event, its xid taken before its position (migration 001), as 010.
--- 7. When the states are exactly one `live` version (the common case), it merges the writer's
---    document or applies the event, as 010's loop does for that case. Otherwise (a rebuild is
---    running, no version, or one append in 50 of the common case, see 9a) the same steps as 010
---    for one feed: a skip row per `rebuilding` version (9a: with nothing to insert when none is,
---    so the statement is planned in each connection before a rebuild starts), the rebuilding
---    version's apply and merge with nothing, one append in 50 (9b), then 7 for the `live` version.
+-- 6. (9a, 9b) While a version rebuilds, and at one append in 50 of the others, the same steps as
+--    010 for one feed: a skip row per `rebuilding` version (with nothing to insert when none is, so
+--    that the statement is planned in each connection before a rebuild starts), and one append in
+--    50 of those the rebuilding version's apply and merge with nothing.
+-- 7. The `live` version (at most one) merges the writer's document or applies the event, as 010's
+--    loop does; the loop over every state and feed is what this body does without.
 -- The breakages of functions/core/breakages.ts switch the same steps as in 010's body, so the
 -- fault-injection suite breaks the body that production runs for its appends.
 -- The result is the same object: {current, stored: [], inserted, states}.
@@ -119,26 +119,18 @@ begin
             p_events->0->>'type', p_events->0->'data', p_events->0->'metadata')
     returning * into v_row;
 
-    if v_states->0->>'state' = 'live' and jsonb_array_length(v_states) = 1 and random() >= 0.02 then
-      -- 7. for the one `live` version.
-      if coalesce((v_feed->>'sql')::boolean, false) and v_feed->'types' ? v_row.type
-         and not (v_feed ? 'partial'
-                  and ledgerline_merge_version(v_states->0->>'name', (v_states->0->>'version')::int, v_feed->'partial', v_row)) then
-        v_void := ledgerline_apply_version(v_states->0->>'name', (v_states->0->>'version')::int, array[v_row])::text;
-      end if;
-    else
-      -- 6. The skip rows (none when no version is rebuilding: 9a).
+    -- 6. A skip row per `rebuilding` version; one append in 50, the same statement with nothing
+    --    to insert when none is, so that it is planned in each connection before a rebuild starts
+    --    (9a). 9b: one append in 50 of those, the rebuilding version's apply and merge with nothing.
+    if v_states @> '[{"state": "rebuilding"}]' or random() < 0.02 then
       if not p_try_lock_no_skip then
         insert into projection_skips (projection, version, global_position)
         select st->>'name', (st->>'version')::int, v_row.global_position
           from jsonb_array_elements(v_states) as st
          where st->>'state' = 'rebuilding' and v_feed->'types' ? v_row.type;
       end if;
-      foreach v_state in array array(select st from jsonb_array_elements(v_states) as st) loop
-        continue when not coalesce((v_feed->>'sql')::boolean, false);
-        if v_state->>'state' = 'rebuilding' then
-          -- 9b.
-          continue when random() >= 0.02;
+      if random() < 0.02 and coalesce((v_feed->>'sql')::boolean, false) then
+        for v_state in select st from jsonb_array_elements(v_states) as st where st->>'state' = 'rebuilding' loop
           begin
             v_void := ledgerline_apply_version(v_state->>'name', (v_state->>'version')::int, array[null::events])::text;
             if v_feed ? 'partial' then
@@ -147,13 +139,17 @@ begin
           exception when others then
             null;
           end;
-        elsif v_feed->'types' ? v_row.type then
-          -- 7.
-          continue when v_feed ? 'partial'
-                    and ledgerline_merge_version(v_state->>'name', (v_state->>'version')::int, v_feed->'partial', v_row);
-          v_void := ledgerline_apply_version(v_state->>'name', (v_state->>'version')::int, array[v_row])::text;
-        end if;
-      end loop;
+        end loop;
+      end if;
+    end if;
+
+    -- 7. The `live` version, if any (at most one: projections_one_live), when it applies in SQL and
+    --    handles the type: it merges the writer's document when it accepts it, else applies.
+    v_state := jsonb_path_query_first(v_states, '$[*] ? (@.state == "live")');
+    if v_state is not null and coalesce((v_feed->>'sql')::boolean, false) and v_feed->'types' ? v_row.type
+       and not (v_feed ? 'partial'
+                and ledgerline_merge_version(v_state->>'name', (v_state->>'version')::int, v_feed->'partial', v_row)) then
+      v_void := ledgerline_apply_version(v_state->>'name', (v_state->>'version')::int, array[v_row])::text;
     end if;
   elsif v_current = 0 then
     -- 8. (migration 004)
