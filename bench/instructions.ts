@@ -168,8 +168,8 @@ async function script(v: Variant, n: number, round: number): Promise<string[]> {
   }
   for (let i = 0; i < n; i++) {
     const orderId = `${tag}-${i % ORDERS}`;
-    const { type, data } = orderEvent(random, orderId, i);
-    const event = v.callerIds ? { id: seededUuid(random), type, data } : { type, data };
+    const { id, type, data } = orderEvent(random, orderId, i);
+    const event = v.callerIds ? { id, type, data } : { type, data };
     const { text, params } = await captured((tx) => appendToStream(tx, `order-${orderId}`, [event], { projections: v.projections! }));
     if (i === 0) lines.push(`prepare a as ${oneLine(text)};`);
     lines.push(`execute a(${params.map(literal).join(', ')});`);
@@ -189,12 +189,6 @@ async function captured(append: (tx: Tx) => Promise<unknown>): Promise<{ text: s
   };
   await append(tx);
   return sent!;
-}
-
-/** A UUID drawn from `random`, so that every count of a variant inserts the same ids. */
-function seededUuid(random: () => number): string {
-  const hex = Array.from({ length: 32 }, () => Math.floor(random() * 16).toString(16)).join('');
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-8${hex.slice(17, 20)}-${hex.slice(20)}`;
 }
 
 /** A statement on one line, as single-user mode reads them (the statements here hold no literal with a run of spaces). */
