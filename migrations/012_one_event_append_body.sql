@@ -9,8 +9,9 @@
 -- writers on two cores that compiling, and the catalog lookups it makes, was the largest part of
 -- the server's profile (perf, cpu-clock: hash_search_with_hash_value, SearchCatCacheInternal,
 -- expr_setup_walker, ExecInitExprRec first). Counted by callgrind as `npm run bench` scenario 5
--- counts (after migration 011; a throwaway run of that method, before this file was committed):
--- 1,028,334 instructions per append with 010's body, 962,987 with this one (-6.4%).
+-- counts (after migration 011, on empty tables; a throwaway run of that method, before this file
+-- was committed): 1,028,334 instructions per append with 010's body, 962,987 with this one's first
+-- version (-6.4%). The committed scenario (bench/RESULTS.md, on a seeded log) counts this body.
 --
 -- What is the same, step by step (003 explains each step, 005 step 9, 010 the merge):
 -- 1. The shared advisory lock of the one projection, taken alone in its own expression, before
