@@ -475,6 +475,25 @@ describe('rebuild', () => {
     expect(id).toBeDefined();
   });
 
+  it('gives a projection only the events of its types in an append that mixes them: skip rows for those alone, and only those applied', async () => {
+    const live = await liveTable();
+    const { lease, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'w-mixed' });
+    await startRebuild(db, orderSummary, lease);
+    const id = randomUUID().slice(0, 8);
+    // A type order_summary does not handle, before and after one it does, in one append (the general body).
+    const noted: NewEvent = { type: 'OrderNoted', data: { orderId: id, note: 'gift wrap' } };
+    const appended = await appendOrder(id, [noted, payment(id, '2026-01-01T10:00:00.000Z'), noted]);
+    const skips = await db.query<{ global_position: string }>(
+      'select global_position::text from projection_skips where projection = $1 and version = $2 order by global_position',
+      ['order_summary', rebuild.version],
+    );
+    expect(skips.map((s) => Number(s.global_position))).toEqual([appended.globalPositions[1]]);
+    const row = (await readOrderSummaryRows(db, live)).find((r) => r.order_id === id);
+    expect(row?.events_applied).toBe(1);
+    expect(Object.keys(row?.sections ?? {})).toEqual(['payment']);
+    await cancelRebuild(db, orderSummary, lease.rebuildId);
+  });
+
   it("has a rebuilding version's apply and merge called by its writers before the flip, now and then (step 9b, migrations 005 and 010)", async () => {
     const { lease, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'w-9b' });
     await startRebuild(db, orderSummary, lease);
