@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createPostgresDb } from '../functions/db/postgres.ts';
 import type { Db } from '../functions/db/types.ts';
 import { migrate } from '../functions/db/migrate.ts';
@@ -7,6 +8,27 @@ import type { JsonObject, NewEvent } from '../functions/core/event-store/types.t
 import { sectionOf, type Section } from '../functions/domain/order-summary.ts';
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/**
+ * The machine's CPU time so far, in ticks of /proc/stat's `cpu` line: all of it, and `steal`, the
+ * time the hypervisor gave to other guests while this one wanted to run. Undefined off Linux.
+ */
+export function cpuTicks(): { total: number; steal: number } | undefined {
+  try {
+    // user nice system idle iowait irq softirq steal (guest time is already counted in user)
+    const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
+    if (fields.length < 8 || fields.some((f) => !Number.isFinite(f))) return undefined;
+    return { total: fields.reduce((a, b) => a + b, 0), steal: fields[7]! };
+  } catch {
+    return undefined;
+  }
+}
+
+/** The share of the machine's CPU time between two cpuTicks() that was stolen. */
+export function stealShare(from: ReturnType<typeof cpuTicks>, to: ReturnType<typeof cpuTicks>): number | undefined {
+  if (!from || !to || to.total <= from.total) return undefined;
+  return (to.steal - from.steal) / (to.total - from.total);
+}
 export const now = () => performance.now();
 
 export { prng } from '../test/support/prng.ts';

@@ -6,7 +6,7 @@ import { REPLAY_SQL_BATCH_BYTES, REPLAY_SQL_BATCH_SIZE } from '../functions/core
 import { createPostgresDb } from '../functions/db/postgres.ts';
 import { orderSummary } from '../functions/domain/order-summary.ts';
 import { startEmbeddedPostgres, type RunningPostgres } from '../functions/local/embedded-postgres.ts';
-import { fmt, freshDatabase, range, stats } from './lib.ts';
+import { cpuTicks, fmt, freshDatabase, range, stats, stealShare } from './lib.ts';
 import { SEEDED_EVENTS, instructionsRun, type InstructionsResult } from './instructions.ts';
 import { appendRun, flipRun, lagRun, replayRun, seedLog, type AppendResult } from './scenarios.ts';
 
@@ -72,6 +72,15 @@ try {
   await admin.close();
   log(`server: ${version}`);
 
+  // How much of the machine the hypervisor took during each scenario (steal): rates fall with it.
+  const steal = new Map<string, number | undefined>();
+  let mark = cpuTicks();
+  const stolen = (scenario: string) => {
+    const next = cpuTicks();
+    steal.set(scenario, stealShare(mark, next));
+    mark = next;
+  };
+
   // 1. Append with the inline projection.
   const append = new Map<string, AppendResult[]>();
   for (const c of only.has('append') ? P.concurrencies : []) {
@@ -86,6 +95,8 @@ try {
       }
     }
   }
+
+  if (only.has('append')) stolen('append');
 
   // 2. Replay.
   const replays = [];
@@ -103,6 +114,8 @@ try {
   await replayDb.drop();
   }
 
+  if (only.has('replay')) stolen('replay');
+
   // 3. Flip stall.
   const flips = [];
   for (let rep = 0; rep < (only.has('flip') ? P.reps : 0); rep++) {
@@ -110,6 +123,8 @@ try {
     flips.push(r);
     log(`flip rep=${rep + 1}: steady p99 ${fmt(r.steadyP99, 1)} ms, Start/Flip p99 ${fmt(r.phaseP99, 1)} ms (max ${fmt(r.phaseMax, 1)}, ${r.phaseCount} appends), rest of the rebuild p99 ${fmt(r.duringP99, 1)} ms`);
   }
+
+  if (only.has('flip')) stolen('flip');
 
   // 4. Async lag.
   const lags = new Map<string, Array<{ p50: number; p99: number; max: number; events: number }>>();
@@ -120,6 +135,8 @@ try {
       log(`lag rep=${rep + 1} ${variant}: p50 ${fmt(r.p50)} ms p99 ${fmt(r.p99)} ms max ${fmt(r.max)} ms over ${r.events} events`);
     }
   }
+
+  if (only.has('lag')) stolen('lag');
 
   // 5. Server instructions per append (callgrind; its own server, whatever DATABASE_URL says).
   let instructions: InstructionsResult | { skipped: string } | undefined;
@@ -132,7 +149,7 @@ try {
     }
   }
 
-  writeFileSync(args.out, report({ version, settings, append, replays, flips, lags, instructions }));
+  writeFileSync(args.out, report({ version, settings, append, replays, flips, lags, instructions, steal }));
   log(`wrote ${args.out}`);
 } finally {
   await embedded?.stop();
@@ -146,6 +163,7 @@ function report(r: {
   flips: Array<{ steadyP99: number; steadyMax: number; steadyCount: number; phaseP99: number; phaseMax: number; phaseCount: number; duringP99: number; duringCount: number; flipAttempts: number; rebuilds: number }>;
   lags: Map<string, Array<{ p50: number; p99: number; max: number; events: number }>>;
   instructions?: InstructionsResult | { skipped: string };
+  steal: Map<string, number | undefined>;
 }): string {
   const pkg = (name: string, dir = 'node_modules') => {
     try {
@@ -166,6 +184,8 @@ function report(r: {
   lines.push(`- Machine: ${cpus().length} × ${cpu}, ${fmt(totalmem() / 2 ** 30, 1)} GiB, ${platform()} ${release()}; the client (Node.js ${process.version}) and the server share it.`);
   lines.push(`- Server: ${r.version.split(',')[0]} (${embedded ? 'embedded-postgres, started by the bench' : 'DATABASE_URL'}); ${r.settings}.`);
   lines.push(`- ledgerline over postgres.js ${pkg('postgres')}; Emmett \`@event-driven-io/emmett-postgresql\` ${pkg('@event-driven-io/emmett-postgresql', 'bench/node_modules')} over pg ${pkg('pg', 'bench/node_modules')}.`);
+  const stealText = [...r.steal].map(([k, v]) => `${k} ${v === undefined ? 'n/a' : `${fmt(v * 100)}%`}`).join(', ');
+  if (stealText) lines.push(`- Steal, the share of the machine's CPU time that the hypervisor gave to other guests during each scenario (/proc/stat): ${stealText}. Rates fall with it, and it varies within a scenario; an instruction count (scenario 5) does not depend on it.`);
   lines.push(`- Parameters: append ${P.appendMs / 1000} s per measurement after a 0.5 s warm-up, each worker on its own ${50} order streams, one event per append, no caller-chosen ids; replay of ${fmt(P.replayEvents)} events over 10,000 orders in batches of ${fmt(P.replayBatch)} (at most ${REPLAY_SQL_BATCH_BYTES / 1024 / 1024} MB); row-by-row on the first ${fmt(P.rowByRowEvents)} events; flip stall with ${P.flipConcurrency} writers over a ${fmt(P.flipSeedEvents)}-event log, ${P.flipRebuilds} blue-green rebuilds per repetition; async lag with a ${P.holdMs / 1000} s held transaction, ${P.lagRate} appends/s from 4 writers, projector polling every 20 ms.`, '');
 
   const targets: string[] = [];
