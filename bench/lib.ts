@@ -8,6 +8,7 @@ import type { JsonObject, NewEvent } from '../functions/core/event-store/types.t
 import { sectionOf, type Section } from '../functions/domain/order-summary.ts';
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+export const now = () => performance.now();
 
 /**
  * The machine's CPU time so far, in ticks of /proc/stat's `cpu` line: all of it, and `steal`, the
@@ -29,7 +30,6 @@ export function stealShare(from: ReturnType<typeof cpuTicks>, to: ReturnType<typ
   if (!from || !to || to.total <= from.total) return undefined;
   return (to.steal - from.steal) / (to.total - from.total);
 }
-export const now = () => performance.now();
 
 export { prng } from '../test/support/prng.ts';
 

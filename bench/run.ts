@@ -52,6 +52,7 @@ const P = {
   holdMs: Number(args['hold-seconds']) * 1000,
   lagRate: 200,
 };
+const APPEND_SYSTEMS = ['ledgerline', 'raw', 'raw-tx', 'emmett'] as const;
 const only = new Set(String(args.scenarios).split(','));
 const log = (line: string) => process.stdout.write(`${new Date().toISOString().slice(11, 19)} ${line}\n`);
 
@@ -76,6 +77,7 @@ try {
   const steal = new Map<string, number | undefined>();
   let mark = cpuTicks();
   const stolen = (scenario: string) => {
+    if (!only.has(scenario)) return;
     const next = cpuTicks();
     steal.set(scenario, stealShare(mark, next));
     mark = next;
@@ -87,8 +89,7 @@ try {
     for (let rep = 0; rep < P.appendReps; rep++) {
       // Each repetition starts one system later: none always runs first (right after the previous
       // concurrency's last run) or always right after the same one.
-      const systems = ['ledgerline', 'raw', 'raw-tx', 'emmett'] as const;
-      for (const system of systems.map((_, k) => systems[(k + rep) % systems.length]!)) {
+      for (const system of APPEND_SYSTEMS.map((_, k) => APPEND_SYSTEMS[(k + rep) % APPEND_SYSTEMS.length]!)) {
         const r = await appendRun(system, url, c, P.appendMs);
         append.set(`${system}:${c}`, [...(append.get(`${system}:${c}`) ?? []), r]);
         log(`append c=${c} rep=${rep + 1} ${system}: ${fmt(r.perSecond)}/s p50 ${fmt(r.p50, 2)} ms p99 ${fmt(r.p99, 2)} ms, CPU µs per append ${fmt(r.serverCpuUs ?? NaN)} server + ${fmt(r.clientCpuUs)} client`);
@@ -96,7 +97,7 @@ try {
     }
   }
 
-  if (only.has('append')) stolen('append');
+  stolen('append');
 
   // 2. Replay.
   const replays = [];
@@ -114,7 +115,7 @@ try {
   await replayDb.drop();
   }
 
-  if (only.has('replay')) stolen('replay');
+  stolen('replay');
 
   // 3. Flip stall.
   const flips = [];
@@ -124,7 +125,7 @@ try {
     log(`flip rep=${rep + 1}: steady p99 ${fmt(r.steadyP99, 1)} ms, Start/Flip p99 ${fmt(r.phaseP99, 1)} ms (max ${fmt(r.phaseMax, 1)}, ${r.phaseCount} appends), rest of the rebuild p99 ${fmt(r.duringP99, 1)} ms`);
   }
 
-  if (only.has('flip')) stolen('flip');
+  stolen('flip');
 
   // 4. Async lag.
   const lags = new Map<string, Array<{ p50: number; p99: number; max: number; events: number }>>();
@@ -136,7 +137,7 @@ try {
     }
   }
 
-  if (only.has('lag')) stolen('lag');
+  stolen('lag');
 
   // 5. Server instructions per append (callgrind; its own server, whatever DATABASE_URL says).
   let instructions: InstructionsResult | { skipped: string } | undefined;
