@@ -358,6 +358,45 @@ describe('rebuild', () => {
     }
   });
 
+  // A skip row inside a replay batch's range: no append writes one today (Start waits for the
+  // appends in flight, and later ones draw positions after the target), but the invariant "a skip
+  // row exists iff its event is committed and not yet applied" is Replay's to keep as well, and a
+  // repair or a later protocol change could leave one there. Each batch deletes the skip rows of
+  // its own events and none past its last position; one left behind is applied again by the drain.
+  it.each([
+    ['its statement over the range', orderSummary],
+    ['its function over an array', { ...orderSummary, applyStatement: undefined }],
+  ])('deletes the skip rows of the events each replay batch applies, and only those (%s)', async (_how, definition) => {
+    const own = await createTestDatabase();
+    try {
+      await ensureProjection(own.db, orderSummary);
+      for (const id of ['skip-1', 'skip-2']) {
+        await appendToStream(own.db, `order-${id}`, Array.from({ length: 5 }, () => randomOrderEvent(random, id)), { projections });
+      }
+      const { lease, rebuild } = await acquireRebuild(own.db, definition, { owner: 'skips', mode: 'blue-green' });
+      await startRebuild(own.db, definition, lease);
+      const positions = (await own.db.query<{ p: number }>('select global_position as p from events order by 1')).map((r) => r.p);
+      expect(positions).toHaveLength(10);
+      const skipRows = async () =>
+        (await own.db.query<{ p: number }>('select global_position as p from projection_skips where version = $1 order by 1', [rebuild.version])).map(
+          (r) => r.p,
+        );
+      await own.db.query(
+        `insert into projection_skips (projection, version, global_position) select 'order_summary', $1, unnest($2::bigint[])`,
+        [rebuild.version, [positions[1], positions[6]]],
+      );
+      const first = await replay(own.db, definition, lease, { batchSize: 4, maxBatches: 1 });
+      expect(first.checkpoint).toBe(positions[3]);
+      expect(await skipRows()).toEqual([positions[6]]);
+      while (!(await replay(own.db, definition, lease, { batchSize: 4 })).done);
+      expect(await skipRows()).toEqual([]);
+      await continueRebuild(own.db, definition, lease);
+      await expectReadModelMatchesLog(own.db, tableFor('order_summary', rebuild.version));
+    } finally {
+      await own.drop();
+    }
+  });
+
   // Drain and Flip read the oldest skip rows' events. Skip rows come and go during a rebuild, so the
   // planner's row count for them is often stale: analysed while thousands were pending, it chose a
   // hash join that read the whole log for each batch, however few rows were left (the bench's flip
