@@ -114,9 +114,9 @@ export async function replay(db: Db, definition: ProjectionDefinition, lease: Re
 
 /**
  * A replay batch of a projection that applies in SQL, as one statement: the batch (up to
- * `batchSize` events, cut at `batchBytes`) is applied and the skip rows of exactly its positions are
- * deleted (applyBatch says why never by a range); nothing travels to the client but the batch's
- * size, last position and whether events are left before the target.
+ * `batchSize` events, cut at `batchBytes`) is applied and the skip rows of exactly its events are
+ * deleted (applyBatch says why never by a range alone); nothing travels to the client but the
+ * batch's size, last position and whether events are left before the target.
  *
  * With `applyStatement` (set-based), the projection's own statement reads the batch's range from
  * the log; without it, the batch's events are read into an array of log rows for
@@ -137,32 +137,28 @@ async function replayBatchInSql(
   const table = tableFor(definition.name, rebuild.version);
   const ofTypes = 'e.type = any (array(select jsonb_array_elements_text($3::jsonb)))';
   const inBatch = `e.global_position > $1 and e.global_position <= (select upto from cut) and ${ofTypes}`;
-  // Uncorrelated subqueries on `positions`, each evaluated once: an array built from b.events in
-  // the DELETE's own WHERE was re-evaluated for every skip row scanned (a replay under 32 writers,
-  // with skip rows piling up, ran one batch statement into its 120 s timeout; found by the bench).
+  // The skip rows of exactly the batch's events: those in its range whose event this statement's
+  // snapshot sees with one of the types, which is the batch's own predicate, so they are the
+  // positions the apply reads (one index probe per skip row, and a replay's range has next to
+  // none: an array of the batch's positions, built for the deletion alone, was a third pass over
+  // the batch, about 6% of a replay; a throwaway EXPLAIN ANALYZE of 250,000-event batches). A skip
+  // row whose event commits after the snapshot has no visible event here, so it stays.
   const skipped = breakages.skipDeleteByRange
-    ? 's.global_position <= (select max(p) from positions, unnest(positions.list) as p)'
-    : // The batch's range is the index condition and `= any` keeps exactly its positions (without
-      // the range every skip row of the version was scanned and filtered by the array, and appends
-      // write skip rows all through a replay). The cast makes the subquery a scalar array for
-      // `= any`, not a subquery ANY over rows of arrays.
-      's.global_position > $1 and s.global_position <= (select upto from cut) and s.global_position = any ((select list from positions)::bigint[])';
+    ? 's.global_position <= (select upto from cut)'
+    : // The range is the index condition; without it every skip row of the version was scanned
+      // (appends write skip rows all through a replay).
+      `s.global_position > $1 and s.global_position <= (select upto from cut)
+        and exists (select from events as e where e.global_position = s.global_position and ${ofTypes})`;
   const apply = definition.applyStatement
     ? // A data-modifying WITH runs to completion whether or not anything reads it.
-      `positions as materialized (
-         select array(select e.global_position from events as e where ${inBatch} order by e.global_position) as list
-       ),
-       applied as (
+      `applied as (
          ${definition.applyStatement(table, `(select e.* from events as e where ${inBatch})`)}
        ),`
     : `b as materialized (
          select array(select e from events as e where ${inBatch} order by e.global_position) as events
        ),
        -- Selected below: a CTE that is not data-modifying and whose result nothing uses is not run.
-       applied as materialized (select ${ident(applyFunctionFor(table))}(b.events) from b where cardinality(b.events) > 0),
-       positions as materialized (
-         select array(select (x).global_position from b, unnest(b.events) as x) as list
-       ),`;
+       applied as materialized (select ${ident(applyFunctionFor(table))}(b.events) from b where cardinality(b.events) > 0),`;
   const [row] = await tx.query<{ size: number; last: number | null; more: boolean }>(
     `with src as not materialized (
        -- The batch before the byte cut, narrow: its positions and bytes (data and metadata as
@@ -178,25 +174,26 @@ async function replayBatchInSql(
        select count(*) as n, max(gp) as last, coalesce(sum(bytes), 0) as bytes from src
      ),
      cut as materialized (
-       -- Under the budget (the usual case) the batch is all of it. Over it, the last event that
-       -- starts under the budget, from a running sum: a second pass, only then (the subquery in
-       -- the ELSE is evaluated only when that branch is taken; the running sum in every batch cost
-       -- about a tenth of a replay, a throwaway EXPLAIN ANALYZE of 100,000-event batches).
-       select h.n, case when h.bytes < $7 then h.last else (
-                select max(w.gp) filter (where w.before < $7)
-                  from (select gp, sum(bytes) over (order by gp) - bytes as before from src) as w) end as upto
-         from head as h
+       -- The batch's last position and size. Under the budget (the usual case) the batch is all of
+       -- it. Over it, up to the last event that starts under the budget, from a running sum: a
+       -- second pass, only then (the subquery in the ELSE is evaluated only when that branch is
+       -- taken; the running sum in every batch cost about a tenth of a replay, a throwaway EXPLAIN
+       -- ANALYZE of 100,000-event batches). The first event starts at 0, so it is never empty.
+       select x.n, x.c[1] as upto, x.c[2] as size
+         from (select h.n, case when h.bytes < $7 then array[h.last, h.n] else (
+                 select array[max(w.gp) filter (where w.before < $7), count(*) filter (where w.before < $7)]
+                   from (select gp, sum(bytes) over (order by gp) - bytes as before from src) as w) end as c
+                 from head as h) as x
      ),
      ${apply}
      deleted as (
        delete from projection_skips as s
         where s.projection = $5 and s.version = $6 and ${skipped}
      )
-     select cardinality(p.list) as size, p.list[cardinality(p.list)] as last,
-            cardinality(p.list) < (select n from cut) or (select n from cut) = $4 as more${
-              definition.applyStatement ? '' : ', (select count(*) from applied) as applied'
-            }
-       from positions as p`,
+     select c.size, c.upto as last, c.size < c.n or c.n = $4 as more${
+       definition.applyStatement ? '' : ', (select count(*) from applied) as applied'
+     }
+       from cut as c`,
     [rebuild.checkpoint, rebuild.target_position ?? 0, types, batchSize, definition.name, rebuild.version, batchBytes],
   );
   return { size: row?.size ?? 0, last: row?.last ?? rebuild.target_position ?? 0, more: row?.more ?? false };
