@@ -1,8 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WrongExpectedVersionError } from '../../functions/core/errors.ts';
+import { appendToStream, readStream } from '../../functions/core/event-store/index.ts';
 import { ensureProjection } from '../../functions/core/projections/ensure.ts';
 import { acquireRebuild, startRebuild } from '../../functions/core/rebuild/index.ts';
 import { orderSummary } from '../../functions/domain/order-summary.ts';
+import { expectReadModelMatchesLog, prng, randomOrderEvent } from '../support/orders.ts';
 import { createTestDatabase, type TestDatabase } from '../support/test-db.ts';
 
 /**
@@ -14,7 +17,7 @@ import { createTestDatabase, type TestDatabase } from '../support/test-db.ts';
  */
 let t: TestDatabase;
 beforeAll(async () => {
-  t = await createTestDatabase();
+  t = await createTestDatabase({ max: 24 });
   await ensureProjection(t.db, orderSummary);
 });
 afterAll(async () => t?.drop());
@@ -116,6 +119,58 @@ async function outcome(body: Body, c: Case, tag: string) {
     events: logged!.n,
   };
 }
+
+// The one-event body's stream row under concurrent appends, as the client sends them (autocommit,
+// one event, the order summary inline): the same guarantees that test/int/event-store.int.test.ts
+// holds the general body to.
+describe('the one-event body under concurrent appends', () => {
+  const random = prng(13);
+  const one = (streamId: string, expectedVersion?: number) => {
+    // No id of the caller's: an id from the caller takes the general body.
+    const { type, data } = randomOrderEvent(random, streamId.slice('order-'.length));
+    return appendToStream(t.db, streamId, [{ type, data }], {
+      projections: [orderSummary],
+      ...(expectedVersion === undefined ? {} : { expectedVersion }),
+    });
+  };
+
+  it('lets exactly one of 20 concurrent appends with the same expected version succeed', async () => {
+    const stream = `order-race-${randomUUID().slice(0, 8)}`;
+    for (let i = 0; i < 3; i++) await one(stream);
+    const outcomes = await Promise.allSettled(Array.from({ length: 20 }, () => one(stream, 3)));
+    const lost = outcomes.filter((o): o is PromiseRejectedResult => o.status === 'rejected');
+    expect(outcomes.length - lost.length).toBe(1);
+    for (const l of lost) {
+      expect(l.reason).toBeInstanceOf(WrongExpectedVersionError);
+      expect(l.reason).toMatchObject({ expected: 3, actual: 4 });
+    }
+    const { version, events } = await readStream(t.db, stream);
+    expect(version).toBe(4);
+    expect(events.map((e) => e.streamPosition)).toEqual([1, 2, 3, 4]);
+  });
+
+  it('lets exactly one of 20 concurrent creators of a new stream (expected version 0) succeed', async () => {
+    const stream = `order-new-${randomUUID().slice(0, 8)}`;
+    const outcomes = await Promise.allSettled(Array.from({ length: 20 }, () => one(stream, 0)));
+    expect(outcomes.filter((o) => o.status === 'fulfilled')).toHaveLength(1);
+    const { version, events } = await readStream(t.db, stream);
+    expect(version).toBe(1);
+    expect(events.map((e) => e.streamPosition)).toEqual([1]);
+  });
+
+  it('keeps every stream contiguous, new or not, under 600 concurrent appends of any version over 20 streams', async () => {
+    const prefix = `order-many-${randomUUID().slice(0, 8)}`;
+    const streams = Array.from({ length: 20 }, (_, i) => `${prefix}-${i}`);
+    const results = await Promise.all(Array.from({ length: 600 }, (_, i) => one(streams[i % 20]!)));
+    expect(new Set(results.flatMap((r) => r.globalPositions)).size).toBe(600);
+    for (const stream of streams) {
+      const { version, events } = await readStream(t.db, stream);
+      expect(version).toBe(30);
+      expect(events.map((e) => e.streamPosition)).toEqual(Array.from({ length: 30 }, (_, i) => i + 1));
+    }
+    await expectReadModelMatchesLog(t.db, 'order_summary_v1');
+  });
+});
 
 describe('the one-event body and the general body of ledgerline_append', () => {
   it.each(CASES)('answer and write the same while the version is live: $name', async (c) => {
