@@ -324,10 +324,12 @@ describe('rebuild', () => {
 
   // Both ways a projection that applies in SQL replays: its own statement over the batch's range
   // (order_summary's `applyStatement`), and its function over the batch as an array (without one).
-  it.each([
+  const replaysInSql: Array<[string, ProjectionDefinition]> = [
     ['its statement over the range', orderSummary],
     ['its function over an array', { ...orderSummary, applyStatement: undefined }],
-  ])('cuts a replay batch at its byte budget, whatever its event count allows, and still replays everything (%s)', async (_how, definition) => {
+  ];
+
+  it.each(replaysInSql)('cuts a replay batch at its byte budget, whatever its event count allows, and still replays everything (%s)', async (_how, definition) => {
     // A log of its own holding only large events: about 3 KB of data each, random, so that the
     // stored (compressed) size stays large.
     const own = await createTestDatabase();
@@ -363,10 +365,7 @@ describe('rebuild', () => {
   // row exists iff its event is committed and not yet applied" is Replay's to keep as well, and a
   // repair or a later protocol change could leave one there. Each batch deletes the skip rows of
   // its own events and none past its last position; one left behind is applied again by the drain.
-  it.each([
-    ['its statement over the range', orderSummary],
-    ['its function over an array', { ...orderSummary, applyStatement: undefined }],
-  ])('deletes the skip rows of the events each replay batch applies, and only those (%s)', async (_how, definition) => {
+  it.each(replaysInSql)('deletes the skip rows of the events each replay batch applies, and only those (%s)', async (_how, definition) => {
     const own = await createTestDatabase();
     try {
       await ensureProjection(own.db, orderSummary);
