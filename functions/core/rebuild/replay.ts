@@ -142,7 +142,10 @@ async function replayBatchInSql(
   // positions the apply reads (one index probe per skip row, and a replay's range has next to
   // none: an array of the batch's positions, built for the deletion alone, was a third pass over
   // the batch, about 6% of a replay; a throwaway EXPLAIN ANALYZE of 250,000-event batches). A skip
-  // row whose event commits after the snapshot has no visible event here, so it stays.
+  // row whose event commits after the snapshot has no visible event here, so it stays. Only the
+  // probe is per skip row: the types' array is an uncorrelated subquery, evaluated once (an array
+  // built in the DELETE's own WHERE from a CTE's rows was once re-evaluated for every skip row
+  // scanned, and a replay under 32 writers ran one batch into its 120 s timeout; found by the bench).
   const skipped = breakages.skipDeleteByRange
     ? 's.global_position <= (select upto from cut)'
     : // The range is the index condition; without it every skip row of the version was scanned
