@@ -39,10 +39,11 @@ export const APPEND_TIMEOUTS = {
  *    Then each `live` version of a projection that applies in SQL applies the events, in the same
  *    call (migration 004); for a one-event append it merges instead the document this process
  *    computed (`inlinePartial`), when the version's functions are of the same code (migration 010).
- *    The common shape, one event feeding one inline projection with an id from the server, runs a
- *    body of its own with the same steps in fewer plpgsql expressions (migration 012), and, when
- *    that projection applies in SQL, answers only the version and the positions, all that is read
- *    here then (migration 013); every other shape runs 010's, as `ledgerline_append_general`.
+ *    The common shape, one event feeding one inline projection that applies in SQL, with an id
+ *    from the server, runs a body of its own with the same steps in fewer plpgsql statements and
+ *    expressions (migrations 012 to 014), and answers only the version and the positions, all that
+ *    is read here then (013); every other shape, a projection applied in JS included (014), runs
+ *    010's, as `ledgerline_append_general`.
  *    test/int/append-bodies.int.test.ts holds the two to the same answers, as far as this function
  *    reads them, and the same rows; the fault-injection suite appends in both shapes.
  * 5. In JS: a version mismatch is a conflict; stored ids are a duplicate (the original result) or a
@@ -84,7 +85,7 @@ export async function appendToStream(
   // merges each into the live version when that version's functions are of the same code, and
   // applies in SQL otherwise (migration 010).
   const one = rows.length === 1 ? rows[0]! : undefined;
-  // A feed's `types` are only ever tested against this append's own events (migrations 003 to 013),
+  // A feed's `types` are only ever tested against this append's own events (migrations 003 to 014),
   // so it carries the projection's types that occur here rather than all of them: the same answers,
   // and fewer bytes for the function to parse and copy into its variables (order_summary's eight
   // types were about a sixth of a one-event append's parameters; bench scenario 5 counted 957,622
@@ -163,13 +164,13 @@ function usedByAnotherStream(events: readonly ValidatedEvent[]): DuplicateEventI
   return new DuplicateEventIdError(events.map((e) => e.id), 'an event id in this append is already used by another stream');
 }
 
-/** What `ledgerline_append` (migrations 003 to 013) returns. */
+/** What `ledgerline_append` (migrations 003 to 014) returns. */
 interface AppendOutcome {
   /** The stream's version when the function read it, under the stream lock. */
   current: number;
   /** Events already stored with the caller's ids (then nothing was inserted). */
   stored: StoredWithId[];
-  /** Stream position and time: left out by the one-event body for a projection applied in SQL (013). */
+  /** Stream position and time: left out by the one-event body, which serves only a projection applied in SQL (013, 014). */
   inserted: Array<{ global_position: number; stream_position?: number; recorded_at?: string }>;
   /** The inline projection versions' states, read after the shared locks; left out as above. */
   states?: InlineVersionState[];
