@@ -62,7 +62,7 @@ const VARIANTS: Variant[] = [
   },
   {
     name: 'ledgerline, id from the caller',
-    what: 'the bench’s append with an event id of the caller’s (a retried external event): migration 010’s body, ledgerline_append_general, called by the one-event body (migrations 012 and 013), which serves the rows above',
+    what: 'the bench’s append with an event id of the caller’s (a retried external event): migration 010’s body, ledgerline_append_general, called by the one-event body (migrations 012 to 014), which serves the rows above',
     projections: [orderSummary],
     callerIds: true,
   },
