@@ -11,7 +11,14 @@
 -- Counted as `npm run bench` scenario 5 counts (throwaway runs of it on migration 013's body, the
 -- setting alone): 878,653 instructions per append at 100%, 862,844 at 50, 855,296 at 25, 848,610 at
 -- 10. The cost is space: the table takes about four times the pages (for 10 million streams, about
--- 3 GB instead of 0.7, next to a log of 100 million events that takes tens of GB).
+-- 3 GB instead of 0.7, next to a log of 100 million events that takes tens of GB), and streams that
+-- no longer take appends keep them (VACUUM frees dead versions, it does not pack live rows); and
+-- after each checkpoint the first update of a page writes the whole page to the WAL, so appends
+-- spread over four times the pages write up to four times those images for the stream table (the
+-- event's insert and its indexes write more WAL than the stream row in either case). In appends/s
+-- on two cores the change did not stand out of the runs' spread (README, Benchmarks); what it
+-- saves is server CPU per append, and (reasoned, not measured here) waits on hot pages, which grow
+-- with the writers.
 --
 -- Rows already stored keep their pages until the table is rewritten (VACUUM FULL, CLUSTER, or
 -- pg_repack without a lock on writes); rows inserted from now on are placed at 25%.
