@@ -19,7 +19,8 @@ import { createTestDatabase, type TestDatabase } from '../support/test-db.ts';
  * positions always; the states and each event's stream position and time only for a projection
  * applied in JS. For a projection applied in SQL the one-event body leaves those out (migration
  * 013), and the general body still sends them: the stream positions compared are then the log's.
- * Since migration 014 a projection applied in JS runs the general body from either entry point.
+ * Since migration 014 a projection applied in JS runs the general body from either entry point; its
+ * cases hold the one-event body to passing it on (its own answer has no states to apply in JS).
  */
 let t: TestDatabase;
 beforeAll(async () => {
@@ -146,8 +147,9 @@ async function outcome(body: Body, c: Case, tag: string) {
 }
 
 // The one-event body's stream row (migration 013: an UPDATE first, the upsert only when it finds no
-// row; 014: that UPDATE and the event's insert in one statement) under concurrent appends, as the client sends them (autocommit, one event, the order summary
-// inline): the same guarantees that test/int/event-store.int.test.ts holds the general body to.
+// row; 014: that UPDATE and the event's insert in one statement) under concurrent appends, as the
+// client sends them (autocommit, one event, the order summary inline): the same guarantees that
+// test/int/event-store.int.test.ts holds the general body to.
 describe('the one-event body under concurrent appends', () => {
   const random = prng(13);
   const one = (streamId: string, expectedVersion?: number) => {
