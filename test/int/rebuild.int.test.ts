@@ -246,6 +246,22 @@ describe('rebuild', () => {
     await recompute(await liveTable(), id);
   });
 
+  it("empties a blue-green version's table that holds rows before Start (a leftover), so the new version is the log's alone", async () => {
+    await seed(3, 2);
+    const { lease, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'w1', mode: 'blue-green' });
+    const table = tableFor('order_summary', rebuild.version);
+    // What no append or replay writes before Start (the version is not yet `rebuilding`), but a
+    // hand, or a defect elsewhere, could have left: a row of an order the log does not have.
+    await db.transaction(async (tx) => {
+      await orderSummary.createTable(tx, table);
+      await tx.query(`insert into ${ident(table)} (order_id) values ('leftover')`);
+    });
+    await startRebuild(db, orderSummary, lease);
+    expect(await db.query(`select order_id from ${ident(table)}`)).toEqual([]);
+    await continueRebuild(db, orderSummary, lease);
+    await expectReadModelMatchesLog(db, await liveTable());
+  });
+
   it('rebuilds in place, and reads during the rebuild say so', async () => {
     await seed(5, 3);
     const { lease, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'w1', mode: 'in-place' });
