@@ -246,6 +246,24 @@ describe('rebuild', () => {
     await recompute(await liveTable(), id);
   });
 
+  it("makes no new files for a new blue-green version's table in Start: no truncate under the lock, where writers queue (migration 016)", async () => {
+    await seed(2, 2);
+    const { lease, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'w1', mode: 'blue-green' });
+    await startRebuild(db, orderSummary, lease);
+    // A relation keeps the file number its creation gave it, its OID, until a TRUNCATE (or a
+    // rewrite) gives it a new file; the table and its primary key index alike.
+    const table = tableFor('order_summary', rebuild.version);
+    const files = await db.query<{ relname: string; same: boolean }>(
+      `select c.relname, c.relfilenode = c.oid as same from pg_class c
+        where c.oid = $1::regclass or c.oid in (select indexrelid from pg_index where indrelid = $1::regclass)
+        order by c.relname`,
+      [table],
+    );
+    expect(files).toEqual([{ relname: table, same: true }, { relname: `${table}_pkey`, same: true }]);
+    await continueRebuild(db, orderSummary, lease);
+    await expectReadModelMatchesLog(db, await liveTable());
+  });
+
   it("empties a blue-green version's table that holds rows before Start (a leftover), so the new version is the log's alone", async () => {
     await seed(3, 2);
     const { lease, rebuild } = await acquireRebuild(db, orderSummary, { owner: 'w1', mode: 'blue-green' });
