@@ -22,6 +22,8 @@ export interface RebuildInput {
   lockTimeoutMs?: number;
   done?: boolean;
   flipped?: boolean;
+  /** Skip rows the last Flip applied under its lock, while every writer of the projection waited. */
+  flipSkipsUnderLock?: number;
   waitSeconds?: number;
 }
 
@@ -69,11 +71,21 @@ export function createRebuildStepHandler(deps: { db: Db; budgetMs?: number; batc
           return { ...state, iterations: (state.iterations ?? 0) + 1 };
         case 'flip': {
           const lockTimeoutMs = state.lockTimeoutMs ?? 100;
+          // Drain first, in this invocation: between the Drain state's last batch and this one
+          // lie a state transition and a Lambda invocation (a cold start, a new connection: tens
+          // of ms to seconds), and every skip row written meanwhile would otherwise be applied
+          // under Flip's lock, with every writer of the projection queued behind it. Here the
+          // gap to the lock is one round trip. Safe as the Drain step is: drain's batches need no
+          // lock (each applies committed skip rows and deletes exactly those, fenced), and Flip
+          // still applies whatever is left under its lock.
+          // (In another phase it does nothing, and flipRebuild answers as before.)
+          await drain(db, definition, lease(state), budget);
           const flip = await flipRebuild(db, definition, lease(state), { lockTimeoutMs });
           // On a timeout: drain again after a short wait, with a longer timeout (up to the appends' own 5 s).
           return {
             ...state,
             flipped: flip.flipped || flip.phase !== 'draining',
+            flipSkipsUnderLock: flip.skipsDrained,
             lockTimeoutMs: Math.min(lockTimeoutMs * 2, 5_000),
             waitSeconds: Math.max(1, Math.round(lockTimeoutMs / 1000)),
           };
