@@ -139,6 +139,36 @@ describe('the rebuild state machine from the synthesized template', () => {
     await expectReadModelMatchesLog(db, (await resolveReadTarget(db, 'order_summary'))!.table);
   });
 
+  it('retries a Flip whose commit succeeded but whose answer was lost, and goes on to Release', async () => {
+    // The flip commits, then the task fails as if the connection dropped with COMMIT's answer (or
+    // Lambda's response was lost): Step Functions retries the task against a rebuild that is done
+    // and whose lease Flip ended.
+    const real = createRebuildStepHandler({ db });
+    let flips = 0;
+    const r = localRebuildRunner({
+      definition,
+      steps: async (event) => {
+        const out = await real(event);
+        if (event.step === 'flip' && ++flips === 1) throw new TransientError('injected: the answer to the committed flip was lost');
+        return out;
+      },
+      sendFailure: async (body) => {
+        throw new Error(`unexpected failure: ${JSON.stringify(body)}`);
+      },
+      retryIntervalMs: 10,
+      waitMs: 20,
+    });
+    const before = (await resolveReadTarget(db, 'order_summary'))!;
+    const out = (await r.run({ projection: 'order_summary', mode: 'blue-green' })) as { lease: { rebuildId: string }; flipped?: boolean };
+    expect(flips).toBe(2);
+    expect(out.flipped).toBe(true);
+    const after = (await resolveReadTarget(db, 'order_summary'))!;
+    expect(after.version).toBe(before.version + 1);
+    // Release ran: the retired version's table is gone.
+    expect(await db.query('select 1 from pg_class where relname = $1', [before.table])).toEqual([]);
+    await expectReadModelMatchesLog(db, after.table);
+  });
+
   it('continues as a new execution past the loop bound, and the rebuild completes in the continuation', async () => {
     const bounded = synthesizedRebuildDefinition({ rebuildMaxIterations: 3 });
     // One replay batch of 10 events per call: the first execution runs out of loop turns.
