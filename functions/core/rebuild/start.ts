@@ -1,7 +1,7 @@
 import type { Db, Tx } from '../../db/types.ts';
 import { isSqlState } from '../errors.ts';
-import { ident } from '../sql-ident.ts';
 import { clearTables, createVersionTables, tableFor, tablesOf, type ProjectionDefinition } from '../projections/definition.ts';
+import { ident } from '../sql-ident.ts';
 import { beginStep, fencedCall, leaseParam, readRebuild } from './lease.ts';
 import type { RebuildLease, RebuildRow } from './types.ts';
 
