@@ -13,7 +13,8 @@ import { sleep } from './lib.ts';
 const { url, rebuilds, settleMs } = workerData as { url: string; rebuilds: number; settleMs: number };
 const at = () => performance.timeOrigin + performance.now();
 const db = createPostgresDb({ url, max: 4, applicationName: 'ledgerline-bench-rebuild' });
-const windows: Array<[number, number]> = [];
+/** Each Start and each Flip attempt: [from, to, which]. */
+const windows: Array<[number, number, 'start' | 'flip']> = [];
 const spans: Array<[number, number]> = [];
 let flipAttempts = 0;
 try {
@@ -22,7 +23,7 @@ try {
     const { lease } = await acquireRebuild(db, orderSummary, { owner: `bench-${r}`, mode: 'blue-green' });
     const s0 = at();
     await startRebuild(db, orderSummary, lease);
-    windows.push([s0, at()]);
+    windows.push([s0, at(), 'start']);
     await sleep(settleMs);
     while (!(await replay(db, orderSummary, lease)).done);
     let lockTimeoutMs = 100;
@@ -30,7 +31,7 @@ try {
       await drain(db, orderSummary, lease);
       const f0 = at();
       const flip = await flipRebuild(db, orderSummary, lease, { lockTimeoutMs });
-      windows.push([f0, at()]);
+      windows.push([f0, at(), 'flip']);
       flipAttempts++;
       if (flip.flipped || flip.phase !== 'draining') break;
       lockTimeoutMs = Math.min(lockTimeoutMs * 2, 5_000);

@@ -244,6 +244,13 @@ export interface FlipRun {
   phaseP99: number;
   phaseMax: number;
   phaseCount: number;
+  /** The same, for the appends that overlap a Start step, and those that overlap a Flip step. */
+  startP99: number;
+  startMax: number;
+  startCount: number;
+  flipP99: number;
+  flipMax: number;
+  flipCount: number;
   /** Appends during a rebuild (replay and drain competing for the cores) that overlap no Start or Flip. */
   duringP99: number;
   duringCount: number;
@@ -289,7 +296,7 @@ export async function flipRun(serverUrl: string, concurrency: number, seedEvents
       eval: true,
       workerData: { url: d.url, rebuilds, settleMs },
     });
-    const { windows, spans, flipAttempts } = await new Promise<{ windows: Array<[number, number]>; spans: Array<[number, number]>; flipAttempts: number }>((resolve, reject) => {
+    const { windows, spans, flipAttempts } = await new Promise<{ windows: Array<[number, number, 'start' | 'flip']>; spans: Array<[number, number]>; flipAttempts: number }>((resolve, reject) => {
       worker.once('message', resolve);
       worker.once('error', (e) => { console.error('rebuild worker:', e); reject(e); });
       worker.once('exit', (code) => reject(new Error(`the rebuild worker exited with ${code}`)));
@@ -298,8 +305,11 @@ export async function flipRun(serverUrl: string, concurrency: number, seedEvents
     await Promise.all(writers);
     const latency = ([a, b]: [number, number]) => b - a;
     const steady = samples.filter(([a, b]) => a >= steadyFrom && b <= steadyTo).map(latency).sort((x, y) => x - y);
-    const overlaps = ([a, b]: [number, number], ranges: Array<[number, number]>) => ranges.some(([w0, w1]) => a < w1 && b > w0);
-    const phase = samples.filter((x) => overlaps(x, windows)).map(latency).sort((x, y) => x - y);
+    const overlaps = ([a, b]: [number, number], ranges: ReadonlyArray<readonly [number, number, ...unknown[]]>) => ranges.some(([w0, w1]) => a < w1 && b > w0);
+    const overlapping = (ranges: typeof windows) => samples.filter((x) => overlaps(x, ranges)).map(latency).sort((x, y) => x - y);
+    const phase = overlapping(windows);
+    const starts = overlapping(windows.filter((w) => w[2] === 'start'));
+    const flips = overlapping(windows.filter((w) => w[2] === 'flip'));
     const during = samples.filter((x) => !overlaps(x, windows) && spans.some(([s0, s1]) => x[0] >= s0 && x[1] <= s1)).map(latency).sort((x, y) => x - y);
     return {
       steadyP99: percentile(steady, 99),
@@ -308,6 +318,12 @@ export async function flipRun(serverUrl: string, concurrency: number, seedEvents
       phaseP99: percentile(phase, 99),
       phaseMax: phase[phase.length - 1] ?? NaN,
       phaseCount: phase.length,
+      startP99: percentile(starts, 99),
+      startMax: starts[starts.length - 1] ?? NaN,
+      startCount: starts.length,
+      flipP99: percentile(flips, 99),
+      flipMax: flips[flips.length - 1] ?? NaN,
+      flipCount: flips.length,
       duringP99: percentile(during, 99),
       duringCount: during.length,
       rebuilds,
