@@ -237,23 +237,23 @@ export async function replayRun(db: Db, events: number, rowByRowEvents: number, 
   };
 }
 
+/** The tail of one group of append latencies, ms. */
+export interface LatencyTail {
+  p99: number;
+  max: number;
+  count: number;
+}
+
+const tailOf = (sorted: readonly number[]): LatencyTail => ({ p99: percentile(sorted, 99), max: sorted[sorted.length - 1] ?? NaN, count: sorted.length });
+
 export interface FlipRun {
-  steadyP99: number;
-  steadyMax: number;
-  steadyCount: number;
-  phaseP99: number;
-  phaseMax: number;
-  phaseCount: number;
-  /** The same, for the appends that overlap a Start step, and those that overlap a Flip step. */
-  startP99: number;
-  startMax: number;
-  startCount: number;
-  flipP99: number;
-  flipMax: number;
-  flipCount: number;
+  steady: LatencyTail;
+  /** Appends that overlap a Start or a Flip step (the target's figure), then each step apart. */
+  phase: LatencyTail;
+  start: LatencyTail;
+  flip: LatencyTail;
   /** Appends during a rebuild (replay and drain competing for the cores) that overlap no Start or Flip. */
-  duringP99: number;
-  duringCount: number;
+  during: LatencyTail;
   rebuilds: number;
   flipAttempts: number;
 }
@@ -307,25 +307,13 @@ export async function flipRun(serverUrl: string, concurrency: number, seedEvents
     const steady = samples.filter(([a, b]) => a >= steadyFrom && b <= steadyTo).map(latency).sort((x, y) => x - y);
     const overlaps = ([a, b]: [number, number], ranges: ReadonlyArray<readonly [number, number, ...unknown[]]>) => ranges.some(([w0, w1]) => a < w1 && b > w0);
     const overlapping = (ranges: typeof windows) => samples.filter((x) => overlaps(x, ranges)).map(latency).sort((x, y) => x - y);
-    const phase = overlapping(windows);
-    const starts = overlapping(windows.filter((w) => w[2] === 'start'));
-    const flips = overlapping(windows.filter((w) => w[2] === 'flip'));
     const during = samples.filter((x) => !overlaps(x, windows) && spans.some(([s0, s1]) => x[0] >= s0 && x[1] <= s1)).map(latency).sort((x, y) => x - y);
     return {
-      steadyP99: percentile(steady, 99),
-      steadyMax: steady[steady.length - 1] ?? NaN,
-      steadyCount: steady.length,
-      phaseP99: percentile(phase, 99),
-      phaseMax: phase[phase.length - 1] ?? NaN,
-      phaseCount: phase.length,
-      startP99: percentile(starts, 99),
-      startMax: starts[starts.length - 1] ?? NaN,
-      startCount: starts.length,
-      flipP99: percentile(flips, 99),
-      flipMax: flips[flips.length - 1] ?? NaN,
-      flipCount: flips.length,
-      duringP99: percentile(during, 99),
-      duringCount: during.length,
+      steady: tailOf(steady),
+      phase: tailOf(overlapping(windows)),
+      start: tailOf(overlapping(windows.filter((w) => w[2] === 'start'))),
+      flip: tailOf(overlapping(windows.filter((w) => w[2] === 'flip'))),
+      during: tailOf(during),
       rebuilds,
       flipAttempts,
     };
