@@ -5,8 +5,7 @@ import { acquireRebuild } from '../core/rebuild/acquire.ts';
 import { recordRebuildError } from '../core/rebuild/cancel.ts';
 import { drain } from '../core/rebuild/drain.ts';
 import { FencingTokenLostError, ProjectionNotFoundError } from '../core/rebuild/errors.ts';
-import { flipRebuild, type FlipResult } from '../core/rebuild/flip.ts';
-import { readRebuild } from '../core/rebuild/lease.ts';
+import { flipRebuild } from '../core/rebuild/flip.ts';
 import { releaseRebuild } from '../core/rebuild/release.ts';
 import { replay } from '../core/rebuild/replay.ts';
 import { startRebuild } from '../core/rebuild/start.ts';
@@ -79,22 +78,13 @@ export function createRebuildStepHandler(deps: { db: Db; budgetMs?: number; batc
           // gap to the lock is one round trip. Safe as the Drain step is: drain's batches need no
           // lock (each applies committed skip rows and deletes exactly those, fenced), and Flip
           // still applies whatever is left under its lock.
-          let flip: FlipResult;
-          try {
-            await drain(db, definition, lease(state), budget);
-            flip = await flipRebuild(db, definition, lease(state), { lockTimeoutMs });
-          } catch (error) {
-            // Flip is the step that ends the lease, so a Flip retried after it committed (the
-            // connection lost with COMMIT's answer, Lambda's response lost: Step Functions
-            // retries the task) fails the fencing check. The rebuild is done, by this worker or
-            // by one that took the lease over: go on to Release, which needs no lease and is
-            // idempotent, instead of failing the execution and leaving the retired version's
-            // table behind. Any other phase (a Cancel) fails as before.
-            if (error instanceof FencingTokenLostError && (await readRebuild(db, lease(state).rebuildId)).phase === 'done') {
-              return { ...state, flipped: true };
-            }
-            throw error;
-          }
+          // A Flip task retried after its flip committed finds the lease ended. Drain's fencing
+          // failure is left to flipRebuild, which answers `done` for a rebuild that is (go on to
+          // Release) and fails the same check otherwise.
+          await drain(db, definition, lease(state), budget).catch((error: unknown) => {
+            if (!(error instanceof FencingTokenLostError)) throw error;
+          });
+          const flip = await flipRebuild(db, definition, lease(state), { lockTimeoutMs });
           // On a timeout: drain again after a short wait, with a longer timeout (up to the appends' own 5 s).
           return {
             ...state,

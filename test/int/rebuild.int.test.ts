@@ -13,6 +13,7 @@ import {
   flipRebuild,
   getRebuildProgress,
   replay,
+  releaseRebuild,
   continueRebuild,
   runRebuild,
   startRebuild,
@@ -277,6 +278,22 @@ describe('rebuild', () => {
     await startRebuild(db, orderSummary, lease);
     expect(await db.query(`select order_id from ${ident(table)}`)).toEqual([]);
     await continueRebuild(db, orderSummary, lease);
+    await expectReadModelMatchesLog(db, await liveTable());
+  });
+
+  it('answers flipped to a Flip called again after it committed (its answer lost), though the lease it ended fails the fencing check', async () => {
+    await seed(2, 2);
+    const { lease } = await acquireRebuild(db, orderSummary, { owner: 'w1', mode: 'blue-green' });
+    await startRebuild(db, orderSummary, lease);
+    while (!(await replay(db, orderSummary, lease)).done);
+    await drain(db, orderSummary, lease);
+    expect((await flipRebuild(db, orderSummary, lease)).flipped).toBe(true);
+    // The same call again, as a caller that lost the first answer makes it: the fence fails (Flip
+    // ended the lease), and the rebuild it names is done.
+    expect(await flipRebuild(db, orderSummary, lease)).toEqual({ flipped: true, phase: 'done', skipsDrained: 0 });
+    // A step other than Flip still refuses a lease that has ended.
+    await expect(replay(db, orderSummary, lease)).rejects.toBeInstanceOf(FencingTokenLostError);
+    await releaseRebuild(db, orderSummary, lease.rebuildId);
     await expectReadModelMatchesLog(db, await liveTable());
   });
 

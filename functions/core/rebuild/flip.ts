@@ -3,7 +3,8 @@ import { breakages } from '../breakages.ts';
 import { isSqlState } from '../errors.ts';
 import { lockProjectionExclusive, type ProjectionDefinition } from '../projections/definition.ts';
 import { drainBatch } from './drain.ts';
-import { beginStep, leaseParam, stepCall } from './lease.ts';
+import { FencingTokenLostError } from './errors.ts';
+import { beginStep, leaseParam, readRebuild, stepCall } from './lease.ts';
 import type { RebuildHooks, RebuildLease, RebuildRow } from './types.ts';
 
 export interface FlipResult {
@@ -32,6 +33,28 @@ export async function flipRebuild(
   definition: ProjectionDefinition,
   lease: RebuildLease,
   options: { lockTimeoutMs?: number; batchSize?: number; hooks?: RebuildHooks } = {},
+): Promise<FlipResult> {
+  try {
+    return await flipOnce(db, definition, lease, options);
+  } catch (error) {
+    // Flip is the step that ends the lease, so the same call made again after it committed (its
+    // answer lost with the connection, or a Lambda's response lost and the task retried) fails
+    // the fencing check. When the rebuild it names is done (flipped by this lease, or by a worker
+    // that took it over), `done` is the answer the caller needs: it goes on to Release, which
+    // needs no lease and is idempotent, instead of failing with the retired version's table left
+    // behind. Any other phase (a Cancel, a takeover still draining) fails as before.
+    if (error instanceof FencingTokenLostError && (await readRebuild(db, lease.rebuildId)).phase === 'done') {
+      return { flipped: true, phase: 'done', skipsDrained: 0 };
+    }
+    throw error;
+  }
+}
+
+async function flipOnce(
+  db: Db,
+  definition: ProjectionDefinition,
+  lease: RebuildLease,
+  options: { lockTimeoutMs?: number; batchSize?: number; hooks?: RebuildHooks },
 ): Promise<FlipResult> {
   const batchSize = options.batchSize ?? 5_000;
   if (definition.sqlApply) return flipInSql(db, lease, batchSize, options);
