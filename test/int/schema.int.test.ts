@@ -111,3 +111,69 @@ describe('the events schema', () => {
     expect(await t.db.query("select version from streams where stream_id = 'schema-a1'")).toEqual([{ version: 1 }]);
   });
 });
+
+describe('the inline projection state row (migration 017)', () => {
+  // What the one-event append read before migration 017, and what the row must always hold.
+  const aggregate = (name: string) =>
+    t.db.query<{ live: number | null; rebuilding: number[] | null }>(
+      `select max(version) filter (where state = 'live') as live,
+              array_agg(version order by version) filter (where state = 'rebuilding') as rebuilding
+         from projections where name = $1 and kind = 'inline' and state in ('live', 'rebuilding')`,
+      [name],
+    );
+  const row = (name: string) =>
+    t.db.query<{ live: number | null; rebuilding: number[] | null }>('select live, rebuilding from inline_projection_states where name = $1', [name]);
+
+  it('holds what the aggregate over projections gives, through inserts, state changes and deletes', async () => {
+    const steps = [
+      `insert into projections (name, version, kind, state) values ('states_a', 1, 'inline', 'live')`,
+      `insert into projections (name, version, kind, state) values ('states_a', 2, 'inline', 'rebuilding')`,
+      `insert into projections (name, version, kind, state) values ('states_a', 3, 'inline', 'rebuilding')`,
+      `update projections set state = 'failed' where name = 'states_a' and version = 3`,
+      `update projections set state = case version when 1 then 'retired' else 'live' end where name = 'states_a' and version in (1, 2)`,
+      `update projections set checkpoint = 7 where name = 'states_a'`,
+      `insert into projections (name, version, kind, state) values ('states_a', 4, 'async', 'rebuilding')`,
+      `delete from projections where name = 'states_a' and version = 2`,
+    ];
+    for (const step of steps) {
+      await t.db.query(step);
+      expect(await row('states_a'), step).toEqual(await aggregate('states_a'));
+    }
+    expect(await row('states_a')).toEqual([{ live: null, rebuilding: null }]);
+    await t.db.query(`update projections set state = 'rebuilding', kind = 'inline' where name = 'states_a' and version = 4`);
+    expect(await row('states_a')).toEqual([{ live: null, rebuilding: [4] }]);
+  });
+
+  it("keeps the row right when two transactions change a projection's rows at once", async () => {
+    // T1 adds the live version and holds its transaction open; T2 adds a rebuilding one and waits
+    // for T1's row of the same name. T2 must count T1's version once T1 has committed: computed
+    // before its wait (an upsert of values from its first snapshot), it would write live = null.
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let inserted!: () => void;
+    const first = new Promise<void>((r) => (inserted = r));
+    const t1 = t.db.transaction(async (tx) => {
+      await tx.query(`insert into projections (name, version, kind, state) values ('states_b', 1, 'inline', 'live')`);
+      inserted();
+      await held;
+    });
+    await first;
+    const t2 = t.db.transaction((tx) =>
+      tx.query(`insert into projections (name, version, kind, state) values ('states_b', 2, 'inline', 'rebuilding')`),
+    );
+    const other = t.connect(1);
+    for (let i = 0; ; i++) {
+      const [waiting] = await other.query<{ n: number }>(
+        `select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`,
+      );
+      if (waiting!.n > 0) break;
+      if (i > 500) throw new Error('T2 never waited for T1');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    release();
+    await Promise.all([t1, t2]);
+    expect(await row('states_b')).toEqual([{ live: 1, rebuilding: [2] }]);
+    expect(await row('states_b')).toEqual(await aggregate('states_b'));
+  });
+});
+
