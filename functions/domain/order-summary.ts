@@ -252,22 +252,20 @@ export const ORDER_SUMMARY_CODE = createHash('sha256')
  * returns false, writing nothing, for a partial of other code than this one's or of another order,
  * and the append then calls `<table>_apply` for the event. A null partial runs the insert on no
  * row and returns false: that is how appends have it planned in their connection before a Flip
- * (step 9b, migrations 005 and 010), as the apply function's null element does.
+ * (step 9b, migrations 005 and 010), as the apply function's null element does. The checks are the
+ * insert's own condition, and FOUND its answer: one statement where an IF and a RETURN expression
+ * came before, which plpgsql sets up again in every append's transaction (scenario 5's count,
+ * with migration 017: 801,211 instructions per append with the IF, 793,445 without).
  */
 function mergeFunctionSql(table: string, code: string): string {
   return `create or replace function ${ident(mergeFunctionFor(table))}(p_partial jsonb, p_event events) returns boolean
     language plpgsql volatile as $merge$
     begin
-      if p_partial is not null
-         and (p_partial->>'code' is distinct from '${code}'
-              or p_event.stream_id is distinct from 'order-' || (p_partial->>'orderId')) then
-        return false;
-      end if;
       insert into ${ident(table)} as cur (order_id, sections, events_applied, last_global_position)
       select p_partial->>'orderId', p_partial->'sections', 1, p_event.global_position
-       where p_partial is not null
+       where p_partial->>'code' = '${code}' and p_event.stream_id = 'order-' || (p_partial->>'orderId')
       on conflict (order_id) do update set ${ORDER_SUMMARY_MERGE};
-      return p_partial is not null;
+      return found;
     end
     $merge$`;
 }
