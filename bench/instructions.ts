@@ -8,7 +8,7 @@ import { ensureProjection } from '../functions/core/projections/ensure.ts';
 import { migrate } from '../functions/db/migrate.ts';
 import { loadMigrations } from '../functions/db/migrations-dir.ts';
 import { createPostgresDb } from '../functions/db/postgres.ts';
-import type { Tx } from '../functions/db/types.ts';
+import type { Db } from '../functions/db/types.ts';
 import { orderSummary } from '../functions/domain/order-summary.ts';
 import { startEmbeddedPostgres } from '../functions/local/embedded-postgres.ts';
 import { orderEvent, prng } from './lib.ts';
@@ -170,24 +170,29 @@ async function script(v: Variant, n: number, round: number): Promise<string[]> {
     const orderId = `${tag}-${i % ORDERS}`;
     const { id, type, data } = orderEvent(random, orderId, i);
     const event = v.callerIds ? { id, type, data } : { type, data };
-    const { text, params } = await captured((tx) => appendToStream(tx, `order-${orderId}`, [event], { projections: v.projections! }));
+    const { text, params } = await captured((db) => appendToStream(db, `order-${orderId}`, [event], { projections: v.projections! }));
     if (i === 0) lines.push(`prepare a as ${oneLine(text)};`);
     lines.push(`execute a(${params.map(literal).join(', ')});`);
   }
   return lines;
 }
 
-/** The statement and parameters `append` sends, answered as a first append that inserted its event. */
-async function captured(append: (tx: Tx) => Promise<unknown>): Promise<{ text: string; params: readonly unknown[] }> {
+/**
+ * The statement and parameters `append` sends given the Db, as the bench's clients and the HTTP API
+ * append (its own transaction), answered as a first append that inserted its event.
+ */
+async function captured(append: (db: Db) => Promise<unknown>): Promise<{ text: string; params: readonly unknown[] }> {
   let sent: { text: string; params: readonly unknown[] } | undefined;
-  const tx: Tx = {
+  const db: Db = {
     async query<T extends object>(text: string, params: readonly unknown[] = []): Promise<T[]> {
       if (sent) throw new Error('the append sent a second statement; this count assumes one');
       sent = { text, params };
       return [{ r: { current: 0, stored: [], inserted: [{ global_position: 1, stream_position: 1, recorded_at: '' }], states: [] } }] as T[];
     },
+    transaction: () => Promise.reject(new Error('the append opened a transaction; this count assumes one autocommit statement')),
+    close: () => Promise.resolve(),
   };
-  await append(tx);
+  await append(db);
   return sent!;
 }
 
