@@ -74,7 +74,7 @@ const CASES: Case[] = [
   { name: 'a projection with no version', before: 0, expected: null, feed: { name: 'not_ensured', partial: false } },
 ];
 
-async function call(body: Body, streamId: string, c: Case, expected: number | null) {
+async function call(body: Body, streamId: string, c: Case, expected: number | null, idle: string | null = '10000') {
   const id = randomUUID();
   const orderId = streamId.slice('order-'.length);
   const type = c.type ?? 'PaymentProcessed';
@@ -90,8 +90,8 @@ async function call(body: Body, streamId: string, c: Case, expected: number | nu
     ...(partial ? { partial } : {}),
   };
   const [row] = await t.db.query<{ r: AppendOutcome }>(
-    `select ${body}($1::text, $2::jsonb, $3::bigint, $4::jsonb, false, '5000', '10000', false, false) as r`,
-    [streamId, JSON.stringify([{ id, type, data, metadata: {} }]), expected, JSON.stringify([feed])],
+    `select ${body}($1::text, $2::jsonb, $3::bigint, $4::jsonb, false, '5000', $5::text, false, false) as r`,
+    [streamId, JSON.stringify([{ id, type, data, metadata: {} }]), expected, JSON.stringify([feed]), idle],
   );
   return row!.r;
 }
@@ -103,11 +103,14 @@ interface AppendOutcome {
   states?: Array<{ name: string; version: number; state: string }>;
 }
 
-/** What one body's append of case `c` answered and left, with what differs between twins taken out. */
-async function outcome(body: Body, c: Case, tag: string) {
-  const streamId = `order-${tag}-${body === 'ledgerline_append' ? 'one' : 'general'}-${randomUUID().slice(0, 8)}`;
-  for (let i = 0; i < c.before; i++) await call(body, streamId, { name: 'before', before: 0, expected: i }, i);
-  const r = await call(body, streamId, c, c.expected);
+/**
+ * What one body's append of case `c` answered and left, with what differs between twins taken out.
+ * `idle` null: the call as its own transaction, as the client sends it given the Db (migration 017).
+ */
+async function outcome(body: Body, c: Case, tag: string, idle: string | null = '10000') {
+  const streamId = `order-${tag}-${body === 'ledgerline_append' ? 'one' : 'general'}-${idle ? 'tx' : 'own'}-${randomUUID().slice(0, 8)}`;
+  for (let i = 0; i < c.before; i++) await call(body, streamId, { name: 'before', before: 0, expected: i }, i, idle);
+  const r = await call(body, streamId, c, c.expected, idle);
   const positions = r.inserted.map((i) => i.global_position);
   const skips = await t.db.query<{ projection: string; version: number }>(
     'select projection, version from projection_skips where global_position = any($1::bigint[]) order by 1, 2',
@@ -199,10 +202,78 @@ describe('the one-event body under concurrent appends', () => {
   });
 });
 
+// Migration 017: given the Db, the client sends the call as its own transaction, with no idle
+// timeout; the one-event body then sets only lock_timeout, which bounds its own waits, since no
+// statement of the transaction follows the call. Given a Tx, the rest of the caller's transaction
+// is bounded and lock_timeout restored, as before.
+describe("the one-event body's timeouts", () => {
+  const event = (streamId: string) => {
+    const { type, data } = randomOrderEvent(prng(17), streamId.slice('order-'.length));
+    return { type, data };
+  };
+
+  it('sends no idle timeout given the Db, and the idle timeout given a Tx', async () => {
+    const sent: unknown[][] = [];
+    const query = async <T extends object>(_text: string, params: readonly unknown[] = []): Promise<T[]> => {
+      sent.push([...params]);
+      return [{ r: { current: 0, stored: [], inserted: [{ global_position: 1 }] } }] as T[];
+    };
+    const fakeDb = { query, transaction: () => Promise.reject(new Error('no transaction expected')), close: async () => {} };
+    await appendToStream(fakeDb, 'order-timeouts-db', [event('order-timeouts-db')], { projections: [orderSummary] });
+    await appendToStream({ query }, 'order-timeouts-tx', [event('order-timeouts-tx')], { projections: [orderSummary] });
+    expect(sent.map((p) => p.slice(5, 7))).toEqual([
+      ['5000', null],
+      ['5000', '10000'],
+    ]);
+  });
+
+  it("bounds the rest of the caller's transaction and restores lock_timeout, given a Tx", async () => {
+    const stream = `order-timeouts-${randomUUID().slice(0, 8)}`;
+    const settings = await t.db.transaction(async (tx) => {
+      await tx.query("select set_config('lock_timeout', '1234', true)");
+      await appendToStream(tx, stream, [event(stream)], { projections: [orderSummary] });
+      const [row] = await tx.query<Record<string, string>>(
+        `select current_setting('statement_timeout') as statement, current_setting('idle_in_transaction_session_timeout') as idle,
+                current_setting('lock_timeout') as lock`,
+      );
+      return row;
+    });
+    expect(settings).toEqual({ statement: '5s', idle: '10s', lock: '1234ms' });
+    const [summary] = await t.db.query('select events_applied from order_summary_v1 where order_id = $1', [stream.slice('order-'.length)]);
+    expect(summary).toEqual({ events_applied: 1 });
+  });
+
+  it("bounds an own-transaction call's wait for the stream row by lock_timeout", async () => {
+    const stream = `order-timeouts-${randomUUID().slice(0, 8)}`;
+    await appendToStream(t.db, stream, [event(stream)], { projections: [orderSummary] });
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    let locked!: () => void;
+    const holding = new Promise<void>((r) => (locked = r));
+    const holder = t.db.transaction(async (tx) => {
+      await tx.query('select 1 from streams where stream_id = $1 for update', [stream]);
+      locked();
+      await Promise.race([released, new Promise((r) => setTimeout(r, 5_000))]);
+    });
+    await holding;
+    // The call as the client sends it given the Db, with a lock_timeout of 300 ms.
+    const call = t.db.query(
+      `select ledgerline_append($1::text, $2::jsonb, null, $3::jsonb, false, '300', null, false, false) as r`,
+      [stream, JSON.stringify([{ id: randomUUID(), type: 'OrderNoted', data: {}, metadata: {} }]), JSON.stringify([{ name: 'order_summary', types: [], sql: true }])],
+    );
+    // Without lock_timeout it would wait for the holder (5 s here) and then append.
+    await expect(call).rejects.toMatchObject({ sqlState: '55P03' });
+    release();
+    await holder;
+    expect(await t.db.query('select version from streams where stream_id = $1', [stream])).toEqual([{ version: 1 }]);
+  });
+});
+
 describe('the one-event body and the general body of ledgerline_append', () => {
   it.each(CASES)('answer and write the same while the version is live: $name', async (c) => {
     const one = await outcome('ledgerline_append', c, 'live');
     expect(one).toEqual(await outcome('ledgerline_append_general', c, 'live'));
+    expect(await outcome('ledgerline_append', c, 'live', null)).toEqual(one);
     if (c.live) expect(one).toMatchObject(c.live);
   });
 
@@ -215,6 +286,7 @@ describe('the one-event body and the general body of ledgerline_append', () => {
     it.each(CASES)('answer and write the same: $name', async (c) => {
       const one = await outcome('ledgerline_append', c, 'rebuilding');
       expect(one).toEqual(await outcome('ledgerline_append_general', c, 'rebuilding'));
+      expect(await outcome('ledgerline_append', c, 'rebuilding', null)).toEqual(one);
       if (c.rebuilding) expect(one).toMatchObject(c.rebuilding);
     });
   });

@@ -111,7 +111,10 @@ export async function appendToStream(
         JSON.stringify(feeds),
         idsFromCaller,
         String(APPEND_TIMEOUTS.statementTimeoutMs),
-        String(APPEND_TIMEOUTS.idleInTransactionTimeoutMs),
+        // Given the Db, the call is its own transaction: no statement of it follows the call, so
+        // the one-event body sets only lock_timeout, for its own waits (migration 017); given a
+        // Tx, the rest of the caller's transaction is bounded too.
+        'transaction' in q ? null : String(APPEND_TIMEOUTS.idleInTransactionTimeoutMs),
         breakages.appendStateInLockStatement,
         // The breakage "try-lock, no skip row" is the articles' design: skip without a trace.
         breakages.appendTryLockNoSkipRow,
