@@ -47,7 +47,13 @@ export class TransientError extends Error {
  */
 export function createRebuildStepHandler(deps: { db: Db; budgetMs?: number; batchSize?: number }) {
   const budget = { maxMs: deps.budgetMs ?? STEP_BUDGET_MS, ...(deps.batchSize ? { batchSize: deps.batchSize } : {}) };
-  return async (event: { step: Step; state: RebuildInput; error?: { Error?: string; Cause?: string } }): Promise<RebuildInput> => {
+  return async (event: {
+    step: Step;
+    state: RebuildInput;
+    error?: { Error?: string; Cause?: string };
+    /** The execution's id (`$$.Execution.Id`), which the state machine sends to Acquire. */
+    execution?: string;
+  }): Promise<RebuildInput> => {
     const { db } = deps;
     const state = event.state;
     const definition = projectionNamed(state.projection);
@@ -56,7 +62,11 @@ export function createRebuildStepHandler(deps: { db: Db; budgetMs?: number; batc
       switch (event.step) {
         case 'acquire': {
           if (state.lease) return state;
-          const { lease } = await acquireRebuild(db, definition, { owner: `sfn-${randomUUID()}`, mode: state.mode ?? 'blue-green' });
+          // Owned by the execution: Acquire retried after its commit (the answer lost with the
+          // connection, a TransientError, or with Lambda's response) is given the same rebuild
+          // again instead of REBUILD_IN_PROGRESS until its own lease expires (acquire.ts).
+          const owner = `sfn-${event.execution ?? randomUUID()}`;
+          const { lease } = await acquireRebuild(db, definition, { owner, mode: state.mode ?? 'blue-green' });
           return { ...state, lease, iterations: 0 };
         }
         case 'start':

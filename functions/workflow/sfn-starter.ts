@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
 import type { Db } from '../db/types.ts';
 import { acquireRebuild } from '../core/rebuild/acquire.ts';
@@ -19,7 +20,7 @@ export function executionName(lease: RebuildLease): string {
 export function stepFunctionsRebuilds(db: Db, sfn: SFNClient, stateMachineArn: string): RebuildStarter {
   return {
     async start(definition, mode, options = {}) {
-      const { lease, rebuild } = await acquireRebuild(db, definition, { owner: `api-${Date.now()}`, mode, ...options });
+      const { lease, rebuild } = await acquireRebuild(db, definition, { owner: `api-${randomUUID()}`, mode, ...options });
       // A takeover keeps the rebuild's own mode, whatever the request said.
       const input: RebuildInput = { projection: definition.name, mode: rebuild.mode, lease };
       const execution = await sfn.send(

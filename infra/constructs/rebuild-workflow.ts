@@ -40,12 +40,12 @@ export class RebuildWorkflow extends Construct {
     const maxIterations = props.maxIterations ?? 200;
     const stateMachineName = `ledgerline-${props.stage}-rebuild`;
 
-    const step = (name: string, stepName: string) => {
+    const step = (name: string, stepName: string, extra: Record<string, string> = {}) => {
       const task = new tasks.LambdaInvoke(this, name, {
         stateName: name,
         lambdaFunction: props.stepFunction,
         payloadResponseOnly: true,
-        payload: sfn.TaskInput.fromObject({ step: stepName, 'state.$': '$' }),
+        payload: sfn.TaskInput.fromObject({ step: stepName, 'state.$': '$', ...extra }),
         // No ResultPath: the default ("$") replaces the state with the step's result. (An explicit
         // "$" is also valid ASL, but aws-local-stepfunctions 3.0.0 nests the result under a "$" key.)
         retryOnServiceExceptions: false,
@@ -80,7 +80,8 @@ export class RebuildWorkflow extends Construct {
     recordFailure.next(sendFailure);
     sendFailure.next(failed);
 
-    const acquire = step('Acquire', 'acquire');
+    // The execution owns the rebuild it acquires, so that a retried Acquire gets it again.
+    const acquire = step('Acquire', 'acquire', { 'execution.$': '$$.Execution.Id' });
     const start = step('Start', 'start');
     const replay = step('Replay', 'replay');
     const drain = step('Drain', 'drain');

@@ -139,6 +139,37 @@ describe('the rebuild state machine from the synthesized template', () => {
     await expectReadModelMatchesLog(db, (await resolveReadTarget(db, 'order_summary'))!.table);
   });
 
+  it('retries an Acquire whose commit succeeded but whose answer was lost, and rebuilds the rebuild it acquired', async () => {
+    // Acquire commits, then the task fails as if COMMIT's answer (or Lambda's response) was lost:
+    // Step Functions retries it while the lease it took is still held, by the same execution.
+    const real = createRebuildStepHandler({ db });
+    let acquires = 0;
+    const r = localRebuildRunner({
+      definition,
+      steps: async (event) => {
+        const out = await real(event);
+        if (event.step === 'acquire' && ++acquires === 1) throw new TransientError('injected: the answer to the committed acquire was lost');
+        return out;
+      },
+      sendFailure: async (body) => {
+        throw new Error(`unexpected failure: ${JSON.stringify(body)}`);
+      },
+      retryIntervalMs: 10,
+      waitMs: 20,
+    });
+    const before = (await resolveReadTarget(db, 'order_summary'))!;
+    const out = (await r.run({ projection: 'order_summary', mode: 'blue-green' })) as { lease: { rebuildId: string }; flipped?: boolean };
+    expect(acquires).toBe(2);
+    expect(out.flipped).toBe(true);
+    // One rebuild, acquired twice by the execution, and done.
+    const rebuilds = await db.query<{ phase: string; attempts: number }>('select phase, attempts from rebuilds where rebuild_id = $1', [out.lease.rebuildId]);
+    expect(rebuilds).toEqual([{ phase: 'done', attempts: 2 }]);
+    expect(await db.query("select 1 from rebuilds where phase in ('starting', 'replaying', 'draining')")).toEqual([]);
+    const after = (await resolveReadTarget(db, 'order_summary'))!;
+    expect(after.version).toBe(before.version + 1);
+    await expectReadModelMatchesLog(db, after.table);
+  });
+
   it('retries a Flip whose commit succeeded but whose answer was lost, and goes on to Release', async () => {
     // The flip commits, then the task fails as if the connection dropped with COMMIT's answer (or
     // Lambda's response was lost): Step Functions retries the task against a rebuild that is done

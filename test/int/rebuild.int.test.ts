@@ -311,6 +311,22 @@ describe('rebuild', () => {
     await expectReadModelMatchesLog(db, live);
   });
 
+  it('gives the lease again, with a new token, to the owner that holds it (an acquire retried after its answer was lost)', async () => {
+    const first = await acquireRebuild(db, orderSummary, { owner: 'sfn-execution-1' });
+    await expect(acquireRebuild(db, orderSummary, { owner: 'sfn-execution-2' })).rejects.toMatchObject({ code: 'REBUILD_IN_PROGRESS' });
+    const again = await acquireRebuild(db, orderSummary, { owner: 'sfn-execution-1' });
+    expect(again.resumed).toBe(true);
+    expect(again.lease.rebuildId).toBe(first.lease.rebuildId);
+    expect(again.lease.fencingToken).toBe(first.lease.fencingToken + 1);
+    // Whatever was still in flight under the first answer is fenced off.
+    await expect(startRebuild(db, orderSummary, first.lease)).rejects.toBeInstanceOf(FencingTokenLostError);
+    await startRebuild(db, orderSummary, again.lease);
+    await replay(db, orderSummary, again.lease);
+    await drain(db, orderSummary, again.lease);
+    expect((await flipRebuild(db, orderSummary, again.lease)).flipped).toBe(true);
+    await expectReadModelMatchesLog(db, await liveTable());
+  });
+
   it('refuses a second rebuild of the same projection, and lets an expired lease be taken over', async () => {
     const first = await acquireRebuild(db, orderSummary, { owner: 'w1', leaseMs: 300 });
     await expect(acquireRebuild(db, orderSummary, { owner: 'w2' })).rejects.toMatchObject({ code: 'REBUILD_IN_PROGRESS' });

@@ -8,7 +8,10 @@ import { DEFAULT_LEASE_MS, type RebuildLease, type RebuildMode, type RebuildPhas
 
 export interface AcquireOptions {
   mode?: RebuildMode;
-  /** Who works on the rebuild (a Lambda request id, an execution name, a test worker). */
+  /**
+   * Who works on the rebuild (an execution's id, a random id per request or worker): unique per
+   * worker, since a request under the owner that holds the lease is given the lease again (below).
+   */
   owner: string;
   leaseMs?: number;
   /**
@@ -27,7 +30,12 @@ export interface Acquired {
 }
 
 /**
- * Acquire: starts a rebuild of `definition`, or takes over the unfinished one whose lease expired.
+ * Acquire: starts a rebuild of `definition`, or takes over the unfinished one whose lease expired,
+ * or whose lease `options.owner` itself holds: a worker that asks again under its own name (a
+ * state machine's Acquire retried after its commit, when the answer was lost with the connection or
+ * with Lambda's response) gets the rebuild it started, with a new fencing token, rather than
+ * REBUILD_IN_PROGRESS until its own lease expires. The new token fences anything still in flight
+ * under the old one, as any takeover does.
  *
  * One unfinished rebuild per projection is enforced by the partial unique index
  * `rebuilds_one_active`, so two concurrent requests cannot both start one (the loser gets
@@ -61,7 +69,7 @@ export async function acquireRebuild(db: Db, definition: ProjectionDefinition, o
           `update rebuilds
               set lease_owner = $2, fencing_token = fencing_token + 1, attempts = attempts + 1,
                   lease_expires_at = now() + make_interval(secs => $3::double precision / 1000), updated_at = now()
-            where rebuild_id = $1::uuid and (lease_expires_at is null or lease_expires_at < now())
+            where rebuild_id = $1::uuid and (lease_expires_at is null or lease_expires_at < now() or lease_owner = $2)
             returning ${REBUILD_COLUMNS}`,
           [active.rebuild_id, options.owner, leaseMs],
         );
