@@ -56,6 +56,38 @@ function runner(fault?: (step: Step, call: number) => Error | undefined) {
   });
 }
 
+/**
+ * A blue-green rebuild of order_summary through the state machine, whose `step` task commits its
+ * first call and then fails it as if COMMIT's answer (or Lambda's response) was lost, so that Step
+ * Functions retries it. The execution must end flipped, with the next version live and matching
+ * the log; any failure of the execution fails the test.
+ */
+async function rebuildLosingFirstAnswer(step: Step) {
+  const real = createRebuildStepHandler({ db });
+  let calls = 0;
+  const r = localRebuildRunner({
+    definition,
+    steps: async (event) => {
+      const out = await real(event);
+      if (event.step === step && ++calls === 1) throw new TransientError(`injected: the answer to the committed ${step} was lost`);
+      return out;
+    },
+    sendFailure: async (body) => {
+      throw new Error(`unexpected failure: ${JSON.stringify(body)}`);
+    },
+    retryIntervalMs: 10,
+    waitMs: 20,
+  });
+  const before = (await resolveReadTarget(db, 'order_summary'))!;
+  const out = (await r.run({ projection: 'order_summary', mode: 'blue-green' })) as { lease: { rebuildId: string }; flipped?: boolean };
+  expect(calls).toBe(2);
+  expect(out.flipped).toBe(true);
+  const after = (await resolveReadTarget(db, 'order_summary'))!;
+  expect(after.version).toBe(before.version + 1);
+  await expectReadModelMatchesLog(db, after.table);
+  return { out, before };
+}
+
 /** Writers appending order events until stopped. */
 function writers(n: number) {
   let on = true;
@@ -140,64 +172,19 @@ describe('the rebuild state machine from the synthesized template', () => {
   });
 
   it('retries an Acquire whose commit succeeded but whose answer was lost, and rebuilds the rebuild it acquired', async () => {
-    // Acquire commits, then the task fails as if COMMIT's answer (or Lambda's response) was lost:
-    // Step Functions retries it while the lease it took is still held, by the same execution.
-    const real = createRebuildStepHandler({ db });
-    let acquires = 0;
-    const r = localRebuildRunner({
-      definition,
-      steps: async (event) => {
-        const out = await real(event);
-        if (event.step === 'acquire' && ++acquires === 1) throw new TransientError('injected: the answer to the committed acquire was lost');
-        return out;
-      },
-      sendFailure: async (body) => {
-        throw new Error(`unexpected failure: ${JSON.stringify(body)}`);
-      },
-      retryIntervalMs: 10,
-      waitMs: 20,
-    });
-    const before = (await resolveReadTarget(db, 'order_summary'))!;
-    const out = (await r.run({ projection: 'order_summary', mode: 'blue-green' })) as { lease: { rebuildId: string }; flipped?: boolean };
-    expect(acquires).toBe(2);
-    expect(out.flipped).toBe(true);
+    // The retry comes while the lease the first call took is still held, by the same execution.
+    const { out } = await rebuildLosingFirstAnswer('acquire');
     // One rebuild, acquired twice by the execution, and done.
     const rebuilds = await db.query<{ phase: string; attempts: number }>('select phase, attempts from rebuilds where rebuild_id = $1', [out.lease.rebuildId]);
     expect(rebuilds).toEqual([{ phase: 'done', attempts: 2 }]);
     expect(await db.query("select 1 from rebuilds where phase in ('starting', 'replaying', 'draining')")).toEqual([]);
-    const after = (await resolveReadTarget(db, 'order_summary'))!;
-    expect(after.version).toBe(before.version + 1);
-    await expectReadModelMatchesLog(db, after.table);
   });
 
   it('retries a Flip whose commit succeeded but whose answer was lost, and goes on to Release', async () => {
-    // The flip commits, then the task fails as if the connection dropped with COMMIT's answer (or
-    // Lambda's response was lost): Step Functions retries the task against a rebuild that is done
-    // and whose lease Flip ended.
-    const real = createRebuildStepHandler({ db });
-    let flips = 0;
-    const r = localRebuildRunner({
-      definition,
-      steps: async (event) => {
-        const out = await real(event);
-        if (event.step === 'flip' && ++flips === 1) throw new TransientError('injected: the answer to the committed flip was lost');
-        return out;
-      },
-      sendFailure: async (body) => {
-        throw new Error(`unexpected failure: ${JSON.stringify(body)}`);
-      },
-      retryIntervalMs: 10,
-      waitMs: 20,
-    });
-    const before = (await resolveReadTarget(db, 'order_summary'))!;
-    const out = (await r.run({ projection: 'order_summary', mode: 'blue-green' })) as { lease: { rebuildId: string }; flipped?: boolean };
-    expect(flips).toBe(2);
-    expect(out.flipped).toBe(true);
-    const after = (await resolveReadTarget(db, 'order_summary'))!;
-    expect(after.version).toBe(before.version + 1);
+    // The retry comes against a rebuild that is done and whose lease Flip ended.
+    const { before } = await rebuildLosingFirstAnswer('flip');
     // Release ran: the retired version's table is gone.
     expect(await db.query('select 1 from pg_class where relname = $1', [before.table])).toEqual([]);
-    await expectReadModelMatchesLog(db, after.table);
   });
 
   it('continues as a new execution past the loop bound, and the rebuild completes in the continuation', async () => {

@@ -18,6 +18,7 @@ import {
   runRebuild,
   startRebuild,
   FencingTokenLostError,
+  type Acquired,
 } from '../../functions/core/rebuild/index.ts';
 import { drainBatch } from '../../functions/core/rebuild/drain.ts';
 import { readRebuild } from '../../functions/core/rebuild/lease.ts';
@@ -54,6 +55,22 @@ async function liveTable(): Promise<string> {
   const target = await resolveReadTarget(db, 'order_summary');
   expect(target?.rebuilding).toBe(false);
   return target!.table;
+}
+
+/**
+ * `next` took over `first`'s rebuild: the same rebuild with the next token, `first`'s lease is fenced
+ * off, and `next` finishes it.
+ */
+async function expectTakeoverFinishes(first: Acquired, next: Acquired): Promise<void> {
+  expect(next.resumed).toBe(true);
+  expect(next.lease.rebuildId).toBe(first.lease.rebuildId);
+  expect(next.lease.fencingToken).toBe(first.lease.fencingToken + 1);
+  await expect(startRebuild(db, orderSummary, first.lease)).rejects.toBeInstanceOf(FencingTokenLostError);
+  await startRebuild(db, orderSummary, next.lease);
+  await replay(db, orderSummary, next.lease);
+  await drain(db, orderSummary, next.lease);
+  expect((await flipRebuild(db, orderSummary, next.lease)).flipped).toBe(true);
+  await expectReadModelMatchesLog(db, await liveTable());
 }
 
 describe('inline projection', () => {
@@ -314,17 +331,8 @@ describe('rebuild', () => {
   it('gives the lease again, with a new token, to the owner that holds it (an acquire retried after its answer was lost)', async () => {
     const first = await acquireRebuild(db, orderSummary, { owner: 'sfn-execution-1' });
     await expect(acquireRebuild(db, orderSummary, { owner: 'sfn-execution-2' })).rejects.toMatchObject({ code: 'REBUILD_IN_PROGRESS' });
-    const again = await acquireRebuild(db, orderSummary, { owner: 'sfn-execution-1' });
-    expect(again.resumed).toBe(true);
-    expect(again.lease.rebuildId).toBe(first.lease.rebuildId);
-    expect(again.lease.fencingToken).toBe(first.lease.fencingToken + 1);
     // Whatever was still in flight under the first answer is fenced off.
-    await expect(startRebuild(db, orderSummary, first.lease)).rejects.toBeInstanceOf(FencingTokenLostError);
-    await startRebuild(db, orderSummary, again.lease);
-    await replay(db, orderSummary, again.lease);
-    await drain(db, orderSummary, again.lease);
-    expect((await flipRebuild(db, orderSummary, again.lease)).flipped).toBe(true);
-    await expectReadModelMatchesLog(db, await liveTable());
+    await expectTakeoverFinishes(first, await acquireRebuild(db, orderSummary, { owner: 'sfn-execution-1' }));
   });
 
   it('refuses a second rebuild of the same projection, and lets an expired lease be taken over', async () => {
@@ -333,17 +341,8 @@ describe('rebuild', () => {
     const concurrent = await Promise.allSettled([acquireRebuild(db, orderSummary, { owner: 'w3' }), acquireRebuild(db, orderSummary, { owner: 'w4' })]);
     expect(concurrent.every((c) => c.status === 'rejected')).toBe(true);
     await sleep(400);
-    const second = await acquireRebuild(db, orderSummary, { owner: 'w2' });
-    expect(second.resumed).toBe(true);
-    expect(second.lease.rebuildId).toBe(first.lease.rebuildId);
-    expect(second.lease.fencingToken).toBe(first.lease.fencingToken + 1);
-    await expect(startRebuild(db, orderSummary, first.lease)).rejects.toBeInstanceOf(FencingTokenLostError);
     // The new holder finishes it.
-    await startRebuild(db, orderSummary, second.lease);
-    await replay(db, orderSummary, second.lease);
-    await drain(db, orderSummary, second.lease);
-    expect((await flipRebuild(db, orderSummary, second.lease)).flipped).toBe(true);
-    await expectReadModelMatchesLog(db, await liveTable());
+    await expectTakeoverFinishes(first, await acquireRebuild(db, orderSummary, { owner: 'w2' }));
   });
 
   it('resumes exactly the rebuild it names, and never starts another once that one has ended', async () => {

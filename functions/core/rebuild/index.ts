@@ -1,4 +1,4 @@
-export { acquireRebuild } from './acquire.ts';
+export { acquireRebuild, type Acquired, type AcquireOptions } from './acquire.ts';
 export { cancelRebuild, recordRebuildError } from './cancel.ts';
 export { countSkips, drain } from './drain.ts';
 export * from './errors.ts';
