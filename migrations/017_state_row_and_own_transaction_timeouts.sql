@@ -63,7 +63,9 @@ language plpgsql volatile as $$
 declare
   v_name text;
 begin
-  foreach v_name in array array[old.name, new.name] loop
+  -- The row's name, and the old name too when an update renamed it: once each (an update that
+  -- keeps the name, as Start and Flip make, computes the row once, not twice).
+  foreach v_name in array array[new.name, nullif(old.name, new.name)] loop
     continue when v_name is null;
     insert into inline_projection_states (name) values (v_name) on conflict (name) do nothing;
     perform 1 from inline_projection_states where name = v_name for update;

@@ -142,6 +142,10 @@ describe('the inline projection state row (migration 017)', () => {
     expect(await row('states_a')).toEqual([{ live: null, rebuilding: null }]);
     await t.db.query(`update projections set state = 'rebuilding', kind = 'inline' where name = 'states_a' and version = 4`);
     expect(await row('states_a')).toEqual([{ live: null, rebuilding: [4] }]);
+    // A rename changes both names' rows.
+    await t.db.query(`update projections set name = 'states_c' where name = 'states_a' and version = 4`);
+    expect(await row('states_a')).toEqual([{ live: null, rebuilding: null }]);
+    expect(await row('states_c')).toEqual([{ live: null, rebuilding: [4] }]);
   });
 
   it("keeps the row right when two transactions change a projection's rows at once", async () => {
