@@ -254,8 +254,9 @@ export const ORDER_SUMMARY_CODE = createHash('sha256')
  * row and returns false: that is how appends have it planned in their connection before a Flip
  * (step 9b, migrations 005 and 010), as the apply function's null element does. The checks are the
  * insert's own condition, and FOUND its answer: one statement where an IF and a RETURN expression
- * came before, which plpgsql sets up again in every append's transaction (scenario 5's count,
- * with migration 017: 801,211 instructions per append with the IF, 793,445 without).
+ * came before, which plpgsql sets up again in every append's transaction (throwaway counts by
+ * scenario 5's method, with migration 017: 801,211 instructions per append with the IF, 793,445
+ * without).
  */
 function mergeFunctionSql(table: string, code: string): string {
   return `create or replace function ${ident(mergeFunctionFor(table))}(p_partial jsonb, p_event events) returns boolean
