@@ -1,7 +1,9 @@
 /**
  * Deliberate breakages of the protocols, switched on only by the fault-injection tests to prove that
- * those tests can see each bug (a test that cannot fail proves nothing). Production code never sets
- * them; each is checked at exactly one place, named after the protection it removes.
+ * those tests can see each bug (a test that cannot fail proves nothing), and by the bench for the
+ * baselines that are this system without one protection (asyncXminHorizon, randomEventIds).
+ * Production code never sets them; each is checked at exactly one place, named after the protection
+ * it removes.
  */
 export interface Breakages {
   /** Append: a non-blocking try-lock, and when the projection is rebuilding, skip it without a skip row (the articles' design). */
@@ -20,6 +22,8 @@ export interface Breakages {
   asyncXminHorizon: boolean;
   /** Async projector: bound new gaps by the reading snapshot's xmax instead of a fresh xid. */
   asyncSnapshotXmaxBound: boolean;
+  /** Append: random (version 4) ids for the events the store names, instead of time-ordered ones (event-id.ts); the bench's baseline in scenario 6. */
+  randomEventIds: boolean;
 }
 
 const none: Breakages = {
@@ -31,6 +35,7 @@ const none: Breakages = {
   asyncHighestSeen: false,
   asyncXminHorizon: false,
   asyncSnapshotXmaxBound: false,
+  randomEventIds: false,
 };
 
 export const breakages: Breakages = { ...none };

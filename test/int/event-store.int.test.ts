@@ -92,6 +92,25 @@ describe('appending and reading', () => {
     expect(settings).toEqual({ statement: '5s', idle: '10s', lock: '1234ms', plans: 'auto' });
   });
 
+  it('stores time-ordered ids (UUID version 7) for the events it names, and a caller\'s ids as given', async () => {
+    const stream = `s-${randomUUID()}`;
+    const mine = randomUUID();
+    const before = Date.now();
+    await append(stream, [ev('A'), ev('B')], 0);
+    await appendToStream(db, stream, [ev('C')]); // given the Db: the one-event body
+    await append(stream, [ev('D', { n: 1 }, mine)]);
+    const after = Date.now();
+    const rows = await db.query<{ id: string }>('select event_id::text as id from events where stream_id = $1 order by stream_position', [stream]);
+    expect(rows.map((r) => r.id)).toHaveLength(4);
+    for (const { id } of rows.slice(0, 3)) {
+      expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+      const time = parseInt(id.slice(0, 8) + id.slice(9, 13), 16);
+      expect(time).toBeGreaterThanOrEqual(before);
+      expect(time).toBeLessThanOrEqual(after);
+    }
+    expect(rows[3]!.id).toBe(mine);
+  });
+
   it('answers STREAM_NOT_FOUND for a stream that was never written', async () => {
     await expect(readStream(db, 'nobody-here')).rejects.toMatchObject({ code: 'STREAM_NOT_FOUND' });
   });

@@ -1,5 +1,5 @@
-import { randomUUID } from 'node:crypto';
 import { PayloadTooLargeError, ValidationError, type ExpectedVersion, type FieldProblem } from '../errors.ts';
+import { newEventId } from './event-id.ts';
 import { EVENT_TYPE_PATTERN, LIMITS } from './limits.ts';
 import type { JsonObject, NewEvent } from './types.ts';
 
@@ -116,7 +116,7 @@ export function validateNewEvents(events: unknown): ValidatedEvent[] {
     if (bytes > LIMITS.eventBytes) throw new PayloadTooLargeError(`${at} (data and metadata)`, bytes, LIMITS.eventBytes);
     totalBytes += bytes;
     validated.push({
-      id: eventId ?? randomUUID(),
+      id: eventId ?? newEventId(),
       idFromCaller: eventId !== undefined,
       type: type as string,
       data: data as JsonObject,
