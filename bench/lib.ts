@@ -1,5 +1,5 @@
-import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { newEventId } from '../functions/core/event-store/event-id.ts';
 import { createPostgresDb } from '../functions/db/postgres.ts';
 import type { Db } from '../functions/db/types.ts';
 import { migrate } from '../functions/db/migrate.ts';
@@ -46,7 +46,8 @@ export function orderEvent(random: () => number, orderId: string, i: number): Ne
   if (type === 'PaymentProcessed') Object.assign(data, { transactionId: `t${n}`, amount: n, status: 'successful', method: 'card' });
   if (type === 'ShippingCalculated') Object.assign(data, { shippingCost: n / 10, estimatedDays: n % 9 });
   if (type === 'LoyaltyPointsUpdated') Object.assign(data, { pointsEarned: n % 50, totalPoints: n, tierStatus: 'silver' });
-  return { id: randomUUID(), type, data };
+  // The kind of id the store gives (event-id.ts), so that the raw baseline inserts the same keys.
+  return { id: newEventId(), type, data };
 }
 
 /**

@@ -1,14 +1,15 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem, release, platform } from 'node:os';
 import { parseArgs } from 'node:util';
+import { tableFor } from '../functions/core/projections/definition.ts';
 import { ensureProjection } from '../functions/core/projections/ensure.ts';
 import { REPLAY_SQL_BATCH_BYTES, REPLAY_SQL_BATCH_SIZE } from '../functions/core/rebuild/replay.ts';
 import { createPostgresDb } from '../functions/db/postgres.ts';
-import { orderSummary } from '../functions/domain/order-summary.ts';
+import { orderSummary, orderSummaryApplyStatement } from '../functions/domain/order-summary.ts';
 import { startEmbeddedPostgres, type RunningPostgres } from '../functions/local/embedded-postgres.ts';
 import { cpuTicks, fmt, freshDatabase, range, stats, stealShare } from './lib.ts';
 import { SEEDED_EVENTS, instructionsRun, type InstructionsResult } from './instructions.ts';
-import { appendRun, flipRun, lagRun, replayRun, seedLog, type AppendResult, type FlipRun, type LatencyTail } from './scenarios.ts';
+import { appendRun, flipRun, idsRun, lagRun, replayRun, seedLog, type AppendResult, type FlipRun, type IdsRun, type LatencyTail } from './scenarios.ts';
 
 /**
  * `npm run bench`: every scenario of the benchmark issue, each beside its baseline measured in the
@@ -28,9 +29,10 @@ const { values: args } = parseArgs({
     'row-by-row-events': { type: 'string', default: '50000' },
     'flip-seed-events': { type: 'string', default: '100000' },
     'hold-seconds': { type: 'string', default: '10' },
+    'ids-seed-events': { type: 'string', default: '1000000' },
     quick: { type: 'boolean', default: false },
     // A subset, for trying a change: e.g. --scenarios lag (the report then shows only those).
-    scenarios: { type: 'string', default: 'append,replay,flip,lag,instructions' },
+    scenarios: { type: 'string', default: 'append,replay,flip,lag,instructions,ids' },
     out: { type: 'string', default: 'bench/RESULTS.md' },
   },
 });
@@ -51,6 +53,9 @@ const P = {
   flipRebuilds: quick ? 1 : 3,
   holdMs: Number(args['hold-seconds']) * 1000,
   lagRate: 200,
+  idsSeedEvents: quick ? 100_000 : Number(args['ids-seed-events']),
+  idsAppends: quick ? 5_000 : 20_000,
+  idsConcurrency: 8,
 };
 const APPEND_SYSTEMS = ['ledgerline', 'raw', 'raw-tx', 'emmett'] as const;
 const only = new Set(String(args.scenarios).split(','));
@@ -150,7 +155,45 @@ try {
     }
   }
 
-  writeFileSync(args.out, report({ version, settings, append, replays, flips, lags, instructions, steal }));
+  // Steal is not recorded for scenario 5 (an instruction count does not depend on it), but its
+  // time is not scenario 6's.
+  mark = cpuTicks();
+
+  // 6. Event ids on a large log: WAL per append after a checkpoint, time-ordered ids vs random.
+  const ids: IdsRun[][] = [];
+  let idsIndex: { index: string; buffers: string } | undefined;
+  if (only.has('ids')) {
+    const idsDb = await freshDatabase(url, { max: P.idsConcurrency });
+    try {
+      await ensureProjection(idsDb.db, orderSummary);
+      const seed0 = performance.now();
+      await seedLog(idsDb.db, P.idsSeedEvents);
+      // The summaries of the loaded log, as a projection live all along has them: otherwise the
+      // first measurement inserts into an empty table where the later ones update.
+      const [live] = await idsDb.db.query<{ version: number }>(`select version from projections where name = $1 and state = 'live'`, [orderSummary.name]);
+      await idsDb.db.query(orderSummaryApplyStatement(tableFor(orderSummary.name, live!.version), '(select * from events)'));
+      [idsIndex] = await idsDb.db.query<{ index: string; buffers: string }>(
+        `select pg_size_pretty(pg_relation_size('events_event_id_key')) as index, current_setting('shared_buffers') as buffers`,
+      );
+      log(`ids: seeded ${fmt(P.idsSeedEvents)} events in ${fmt((performance.now() - seed0) / 1000, 1)} s; id index ${idsIndex!.index}, shared_buffers ${idsIndex!.buffers}`);
+      // One pass not measured: the first appends after the load change pages (the summaries'
+      // rows, the positions' index) that the later ones find changed; measured, it came out lower.
+      await idsRun(idsDb.db, 10_000, P.idsAppends, P.idsConcurrency, ['time-ordered'], 6999);
+      for (let rep = 0; rep < P.reps; rep++) {
+        // Each repetition starts with the other kind: neither always runs on the smaller log.
+        const order = rep % 2 === 0 ? (['time-ordered', 'random'] as const) : (['random', 'time-ordered'] as const);
+        const runs = await idsRun(idsDb.db, 10_000, P.idsAppends, P.idsConcurrency, order, 7000 + rep * 10);
+        ids.push(runs);
+        for (const x of runs) log(`ids rep=${rep + 1} ${x.kind}: ${fmt(x.walBytesPerAppend)} WAL bytes and ${fmt(x.fullPageImagesPerAppend, 3)} full-page images per append, ${fmt(x.perSecond)}/s`);
+      }
+    } finally {
+      await idsDb.drop();
+    }
+  }
+
+  stolen('ids');
+
+  writeFileSync(args.out, report({ version, settings, append, replays, flips, lags, instructions, ids, idsIndex, steal }));
   log(`wrote ${args.out}`);
 } finally {
   await embedded?.stop();
@@ -164,6 +207,8 @@ function report(r: {
   flips: FlipRun[];
   lags: Map<string, Array<{ p50: number; p99: number; max: number; events: number }>>;
   instructions?: InstructionsResult | { skipped: string };
+  ids: IdsRun[][];
+  idsIndex?: { index: string; buffers: string };
   steal: Map<string, number | undefined>;
 }): string {
   const pkg = (name: string, dir = 'node_modules') => {
@@ -283,6 +328,17 @@ function report(r: {
     for (const row of r.instructions.rows) lines.push(`| ${row.what} | ${fmt(row.perAppend)} | ${fmt(row.perAppend / raw, 2)} |`);
     lines.push('', `Counted by callgrind (${r.instructions.valgrind}): one backend in single-user mode, its own server with the same migrations and ${fmt(SEEDED_EVENTS)} events already in each log, analysed (as autovacuum keeps a server in use; the appends' plans are made with those statistics), one-event appends as prepared statements with the parameters the bench's clients send (captured from \`appendToStream\`), each its own transaction; per append over ${fmt(r.instructions.appends)} appends to order streams that already exist. A count, not a time: it depends on the binaries and the inputs, not on the machine's other load, where appends/s moves by tens of percent between runs on a shared VM. The bench's append, counted again after the other rows on orders of its own: ${fmt(r.instructions.again)}, ${fmt((100 * Math.abs(r.instructions.again - ledgerlineCount)) / ledgerlineCount, 2)}% from the first count. Every row includes reading and parsing its EXECUTE line, which the wire protocol does not do; none includes waits (the commit's fsync), other backends or the client.`, '');
   }
+  }
+  if (r.ids.length > 0) {
+  lines.push('## 6. Event ids on a large log (WAL per append after a checkpoint)', '');
+  const kindOf = (k: IdsRun['kind']) => r.ids.map((runs) => runs.find((x) => x.kind === k)!);
+  const ordered = kindOf('time-ordered');
+  const random = kindOf('random');
+  lines.push('| ids the store gives | WAL bytes per append | full-page images per append | appends/s |', '| --- | --- | --- | --- |');
+  for (const [label, xs] of [['time-ordered (UUID version 7, event-id.ts)', ordered], ['random (version 4, `breakages.randomEventIds`; the baseline)', random]] as const) {
+    lines.push(`| ${label} | ${range(s(xs.map((x) => x.walBytesPerAppend)))} | ${range(s(xs.map((x) => x.fullPageImagesPerAppend)), 3)} | ${range(s(xs.map((x) => x.perSecond)))} |`);
+  }
+  lines.push('', `Time-ordered / random, per repetition: WAL bytes ${range(ratio(ordered.map((x) => x.walBytesPerAppend), random.map((x) => x.walBytesPerAppend)), 2)}, full-page images ${range(ratio(ordered.map((x) => x.fullPageImagesPerAppend), random.map((x) => x.fullPageImagesPerAppend)), 2)}, appends/s ${range(ratio(ordered.map((x) => x.perSecond), random.map((x) => x.perSecond)), 2)}. A log of ${fmt(P.idsSeedEvents)} events over 10,000 order streams (its ids random, loaded in one statement, with its order summaries; the id index ${r.idsIndex?.index ?? '?'}, shared_buffers ${r.idsIndex?.buffers ?? '?'}), analysed, with autovacuum off on its tables, then one pass of appends not measured; each measurement starts with a VACUUM and a CHECKPOINT, then ${fmt(P.idsAppends)} one-event appends by ${P.idsConcurrency} writers to orders picked at random, given the Db, as in scenario 1; each repetition starts with the other kind. Each page's first change after a checkpoint writes its full image to the WAL: a random id changes a random page of the id index, a time-ordered one the page the last ids went to. Both kinds touch the same other pages (the stream's row and positions, the order's summary), so neither row is near zero. Not an issue target: why the store names its events this way (README, "Idempotency").`, '');
   }
   lines.push('## Targets', '');
   lines.push('| target | measured (median) | |', '| --- | --- | --- |', ...targets, '');

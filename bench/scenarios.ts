@@ -396,3 +396,67 @@ export async function lagRun(serverUrl: string, variant: 'gap-aware' | 'xmin-hor
     await d.drop();
   }
 }
+
+export interface IdsRun {
+  kind: 'time-ordered' | 'random';
+  walBytesPerAppend: number;
+  fullPageImagesPerAppend: number;
+  perSecond: number;
+}
+
+/**
+ * Scenario 6, one repetition: on `db`'s log (seeded by the caller, analysed), for each kind of
+ * event id in `order`: a VACUUM and a CHECKPOINT, then `appends` one-event appends by `concurrency` writers to
+ * the log's existing order streams (given the Db, as in scenario 1), and the WAL they wrote
+ * (`pg_current_wal_lsn`) and its full-page images (`pg_stat_wal.wal_fpi`) per append. Each kind
+ * starts from a checkpoint, so each pays the first change of every page it touches after it: that
+ * is what a random id adds on every page of the id index it lands on. The random kind is this
+ * store with `breakages.randomEventIds` (version 4 ids, as `randomUUID` gives): the same append
+ * otherwise. The other indexes and tables each append touches (its stream's row and positions, its
+ * order's summary) are the same for both: writers pick orders at random.
+ */
+export async function idsRun(db: Db, orders: number, appends: number, concurrency: number, order: ReadonlyArray<IdsRun['kind']>, seed: number): Promise<IdsRun[]> {
+  const runs: IdsRun[] = [];
+  // No autovacuum during a measurement: 20,000 appends update most of 10,000 summaries and stream
+  // rows, which starts it in the middle of whichever kind runs then, and its WAL is not the ids'.
+  // A VACUUM before each measurement leaves each the same tables to start from instead.
+  await db.query(`do $$ declare t regclass; begin
+    for t in select c.oid from pg_class as c where c.relkind = 'r' and c.relnamespace = current_schema()::regnamespace loop
+      execute format('alter table %s set (autovacuum_enabled = off)', t);
+    end loop; end $$`);
+  try {
+    for (const kind of order) {
+      breakages.randomEventIds = kind === 'random';
+      await db.query('vacuum');
+      await db.query('checkpoint');
+      const wal = () => db.query<{ lsn: string; fpi: string }>('select pg_current_wal_lsn()::text as lsn, wal_fpi::text as fpi from pg_stat_wal');
+      const [before] = await wal();
+      const random = prng(seed + runs.length);
+      let next = 0;
+      const t0 = now();
+      await Promise.all(
+        Array.from({ length: concurrency }, async () => {
+          for (let i = next++; i < appends; i = next++) {
+            const orderId = `r${Math.floor(random() * orders)}`;
+            const { type, data } = orderEvent(random, orderId, i);
+            await appendToStream(db, `order-${orderId}`, [{ type, data }], { projections: [orderSummary] });
+          }
+        }),
+      );
+      const ms = now() - t0;
+      const [after] = await db.query<{ bytes: string; fpi: string }>(
+        'select pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::text as bytes, wal_fpi::text as fpi from pg_stat_wal',
+        [before!.lsn],
+      );
+      runs.push({
+        kind,
+        walBytesPerAppend: Number(after!.bytes) / appends,
+        fullPageImagesPerAppend: (Number(after!.fpi) - Number(before!.fpi)) / appends,
+        perSecond: (appends / ms) * 1000,
+      });
+    }
+  } finally {
+    resetBreakages();
+  }
+  return runs;
+}
