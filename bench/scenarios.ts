@@ -113,7 +113,7 @@ export async function appendRun(system: 'ledgerline' | 'raw' | 'raw-tx' | 'emmet
       return await measuredLoop(concurrency, durationMs, (w, i) => {
         const orderId = streamOf(w, i);
         const { type, data } = orderEvent(randoms[w]!, orderId, i);
-        // No caller-chosen id (neither baseline deduplicates by id): the server generates it.
+        // No caller-chosen id (neither baseline deduplicates by id): the store names it (a time-ordered id, event-id.ts).
         // As the HTTP API appends: given the Db, one autocommit statement (append.ts).
         return appendToStream(d.db, `order-${orderId}`, [{ type, data }], { projections: [orderSummary] });
       });
