@@ -11,9 +11,9 @@ import { breakages } from '../breakages.ts';
  *
  * Why not version 4, as `randomUUID` gives: the unique index on `events.event_id` is a btree over
  * these ids, and every append inserts into it. A random id lands on a random leaf page, so on a log
- * of 100 million events (an index of about 4 GB) nearly every append reads a page that is not in
- * memory and, after each checkpoint, writes a full image of it to the WAL (8 kB) the first time it
- * is changed. A time-ordered id lands next to the ids of the last milliseconds, on the few pages
+ * of 100 million events (an index of about 4 GB) nearly every append changes a leaf that no recent
+ * append touched: a read wherever the index is larger than the server's buffers, and, after each
+ * checkpoint, a full image of the page in the WAL (8 kB) the first time it is changed. A time-ordered id lands next to the ids of the last milliseconds, on the few pages
  * that every append is writing anyway. `npm run bench` scenario 6 counts the WAL per append after a
  * checkpoint with each kind of id, on a log of 1,000,000 events: its index (about 38 MB) fits in
  * the server's buffers, so it shows the full-page images and not the reads, which only a log
