@@ -1,8 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem, release, platform } from 'node:os';
 import { parseArgs } from 'node:util';
-import { tableFor } from '../functions/core/projections/definition.ts';
-import { ensureProjection } from '../functions/core/projections/ensure.ts';
+import { ensureProjection, resolveReadTarget } from '../functions/core/projections/ensure.ts';
 import { REPLAY_SQL_BATCH_BYTES, REPLAY_SQL_BATCH_SIZE } from '../functions/core/rebuild/replay.ts';
 import { createPostgresDb } from '../functions/db/postgres.ts';
 import { orderSummary, orderSummaryApplyStatement } from '../functions/domain/order-summary.ts';
@@ -170,8 +169,8 @@ try {
       await seedLog(idsDb.db, P.idsSeedEvents);
       // The summaries of the loaded log, as a projection live all along has them: otherwise the
       // first measurement inserts into an empty table where the later ones update.
-      const [live] = await idsDb.db.query<{ version: number }>(`select version from projections where name = $1 and state = 'live'`, [orderSummary.name]);
-      await idsDb.db.query(orderSummaryApplyStatement(tableFor(orderSummary.name, live!.version), '(select * from events)'));
+      const live = await resolveReadTarget(idsDb.db, orderSummary.name);
+      await idsDb.db.query(orderSummaryApplyStatement(live!.table, '(select * from events)'));
       [idsIndex] = await idsDb.db.query<{ index: string; buffers: string }>(
         `select pg_size_pretty(pg_relation_size('events_event_id_key')) as index, current_setting('shared_buffers') as buffers`,
       );
