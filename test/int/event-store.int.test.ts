@@ -4,6 +4,7 @@ import type { Db } from '../../functions/db/types.ts';
 import { AppError, WrongExpectedVersionError } from '../../functions/core/errors.ts';
 import { appendToStream, readAll, readStream, LIMITS } from '../../functions/core/event-store/index.ts';
 import type { NewEvent } from '../../functions/core/event-store/types.ts';
+import { UUID_V7, timeOfEventId } from '../support/event-ids.ts';
 import { createTestDatabase, type TestDatabase } from '../support/test-db.ts';
 
 let t: TestDatabase;
@@ -103,8 +104,8 @@ describe('appending and reading', () => {
     const rows = await db.query<{ id: string }>('select event_id::text as id from events where stream_id = $1 order by stream_position', [stream]);
     expect(rows.map((r) => r.id)).toHaveLength(4);
     for (const { id } of rows.slice(0, 3)) {
-      expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
-      const time = parseInt(id.slice(0, 8) + id.slice(9, 13), 16);
+      expect(id).toMatch(UUID_V7);
+      const time = timeOfEventId(id);
       expect(time).toBeGreaterThanOrEqual(before);
       expect(time).toBeLessThanOrEqual(after);
     }
